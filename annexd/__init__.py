@@ -1,0 +1,3 @@
+"""
+annexd: a gateway for git-annex clusters.
+"""

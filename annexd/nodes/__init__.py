@@ -1,0 +1,3 @@
+"""
+Node connectors: the repositories behind the gateway.
+"""

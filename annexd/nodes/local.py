@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_localnode -*-
+"""
+A node that is a git-annex repository on this machine.
+
+annexd talks to it exactly as git-annex's own gateway does: it runs
+C{git-annex-shell p2pstdio DIR GATEWAYUUID --uuid NODEUUID} as a child
+process and speaks the P2P protocol as a client on its stdio.  git-annex
+stays in charge of the node's object store, its locking, its verification
+and its location log.
+"""
+
+from twisted.internet import defer
+
+from annexd import gitannex
+from annexd.interfaces import RepositoryUnavailable
+from annexd.nodes.pool import SessionPool
+from annexd.nodes.process import childEnvironment, spawnP2P
+from annexd.protocol.client import P2PClient
+from annexd.protocol.messages import MAX_PROTOCOL_VERSION
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class LocalNode(SessionPool):
+    """
+    A local git-annex repository, driven through C{git-annex-shell p2pstdio}.
+
+    @ivar path: the repository's directory.
+    @ivar clientUUID: the uuid annexd presents (the gateway's).
+    """
+
+    def __init__(self, reactor, path, uuid, clientUUID, maxSessions=1,
+                 name=None, gitAnnex=None, version=MAX_PROTOCOL_VERSION,
+                 bypass=()):
+        SessionPool.__init__(self, uuid, self._openSession, maxSessions,
+                             name or path)
+        self.reactor = reactor
+        self.path = path
+        self.clientUUID = clientUUID
+        self.version = version
+        self.bypass = bypass
+        self._gitAnnex = gitAnnex or gitannex.find()
+        #: the P2PProcessProtocol of every running session
+        self.processes = []
+
+    def _openSession(self):
+        executable, args = self._gitAnnex.argv(
+            "git-annex-shell", "p2pstdio", self.path, _text(self.clientUUID),
+            "--uuid", _text(self.uuid))
+        try:
+            bridge = spawnP2P(self.reactor, executable, args,
+                              childEnvironment(self._gitAnnex.env),
+                              path=None, peer="node %s" % (self.name,))
+        except OSError as e:
+            return defer.fail(RepositoryUnavailable(
+                "cannot start git-annex-shell for %s: %s" % (self.name, e)))
+        self.processes.append(bridge)
+        bridge.connection.whenClosed().addBoth(
+            lambda _: self.processes.remove(bridge))
+        client = P2PClient(bridge.connection, self.uuid)
+        return client.handshake(self.version, self.bypass)

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_localnode -*-
+"""
+A repository reached through a bounded set of reusable P2P sessions.
+
+L{SessionPool} implements L{IRepository} on top of a C{connect} function
+that opens one L{P2PClient} session.  Each request checks a session out (an
+idle one, or a new one while fewer than C{maxSessions} exist), and checks it
+back in when its exchange is over: at once for CHECKPRESENT, REMOVE and
+GETTIMESTAMP; when the download or upload is finished; when a content lock
+is released.  Broken sessions are dropped, never reused.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from annexd.interfaces import IRepository, RepositoryUnavailable
+
+
+@implementer(IRepository)
+class SessionPool:
+    """
+    @ivar uuid: the repository's uuid.
+    @ivar name: a human name for logs and errors.
+    @ivar maxSessions: at most this many sessions at once (annex.jobs).
+    """
+
+    _log = Logger()
+
+    def __init__(self, uuid, connect, maxSessions=1, name=None):
+        self.uuid = uuid
+        self.name = name or uuid.decode("ascii", "replace")
+        self.maxSessions = maxSessions
+        self._connect = connect
+        self._slots = defer.DeferredSemaphore(maxSessions)
+        self._idle = []
+        self._open = set()
+        self._closed = False
+
+    async def _checkout(self):
+        if self._closed:
+            raise RepositoryUnavailable("%s: closed" % (self.name,))
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                session = self._idle.pop()
+                if session.broken is None:
+                    return session
+                self._open.discard(session)
+            session = await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._open.add(session)
+        return session
+
+    def _checkin(self, session):
+        if session.broken is None and not self._closed:
+            self._idle.append(session)
+        else:
+            self._open.discard(session)
+            if session.broken is None:
+                session.close()
+        self._slots.release()
+
+    def _run(self, method, *args):
+        async def run():
+            session = await self._checkout()
+            try:
+                result = await getattr(session, method)(*args)
+            except BaseException:
+                self._checkin(session)
+                raise
+            completed = getattr(result, "completed", None)
+            if completed is None:
+                self._checkin(session)
+            else:
+                completed.addCallback(lambda _: self._checkin(session))
+            return result
+        return defer.Deferred.fromCoroutine(run())
+
+    def checkPresent(self, key):
+        return self._run("checkPresent", key)
+
+    def lockContent(self, key):
+        return self._run("lockContent", key)
+
+    def remove(self, key, before=None):
+        return self._run("remove", key, before)
+
+    def getTimestamp(self):
+        return self._run("getTimestamp")
+
+    def get(self, key, associatedFile, offset):
+        return self._run("get", key, associatedFile, offset)
+
+    def put(self, key, associatedFile):
+        return self._run("put", key, associatedFile)
+
+    def session(self):
+        """
+        Check out a session for exclusive use (tests, and callers that need
+        several exchanges on one session); give it back with L{release}.
+
+        @return: a Deferred firing with a L{P2PClient}.
+        """
+        return defer.Deferred.fromCoroutine(self._checkout())
+
+    def release(self, session):
+        """
+        Give back a session from L{session}.
+        """
+        self._checkin(session)
+
+    def close(self):
+        """
+        Close every session; later requests fail.
+
+        @return: a Deferred firing when every open session has ended.
+        """
+        self._closed = True
+        idle, self._idle = self._idle, []
+        waits = [s.close() for s in idle]
+        for s in idle:
+            self._open.discard(s)
+        for s in list(self._open):
+            waits.append(s.connection.whenClosed())
+            s.close()
+        return defer.DeferredList(waits)

@@ -1,0 +1,3 @@
+"""
+Shared test support code: fixtures that build real git-annex repositories.
+"""
