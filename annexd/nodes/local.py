@@ -33,7 +33,11 @@ class LocalNode(SessionPool):
 
     def __init__(self, reactor, path, uuid, clientUUID, maxSessions=1,
                  name=None, gitAnnex=None, version=MAX_PROTOCOL_VERSION,
-                 bypass=()):
+                 bypass=(), environment=None):
+        """
+        @param environment: the environment of the git-annex-shell
+            processes (default: ours, see L{childEnvironment}).
+        """
         SessionPool.__init__(self, uuid, self._openSession, maxSessions,
                              name or path)
         self.reactor = reactor
@@ -42,6 +46,10 @@ class LocalNode(SessionPool):
         self.version = version
         self.bypass = bypass
         self._gitAnnex = gitAnnex or gitannex.find()
+        if environment is None:
+            self._environment = childEnvironment(self._gitAnnex.env)
+        else:
+            self._environment = dict(environment, **self._gitAnnex.env)
         #: the P2PProcessProtocol of every running session
         self.processes = []
 
@@ -51,13 +59,20 @@ class LocalNode(SessionPool):
             "--uuid", _text(self.uuid))
         try:
             bridge = spawnP2P(self.reactor, executable, args,
-                              childEnvironment(self._gitAnnex.env),
+                              self._environment,
                               path=None, peer="node %s" % (self.name,))
         except OSError as e:
             return defer.fail(RepositoryUnavailable(
                 "cannot start git-annex-shell for %s: %s" % (self.name, e)))
         self.processes.append(bridge)
-        bridge.connection.whenClosed().addBoth(
-            lambda _: self.processes.remove(bridge))
+        bridge.ended.addBoth(lambda _: self.processes.remove(bridge))
         client = P2PClient(bridge.connection, self.uuid)
         return client.handshake(self.version, self.bypass)
+
+    def close(self):
+        """
+        Close every session and wait for every git-annex-shell to exit.
+        """
+        running = [bridge.ended for bridge in self.processes]
+        return SessionPool.close(self).addCallback(
+            lambda _: defer.DeferredList(running))

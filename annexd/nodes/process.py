@@ -15,6 +15,7 @@ KiB) to explain failures.
 import os
 
 from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,6 +51,8 @@ class P2PProcessProtocol(ProcessProtocol):
     def __init__(self, connection):
         self.connection = connection
         self.stderr = b""
+        #: fires with L{None} once the child has exited
+        self.ended = Deferred()
 
     def connectionMade(self):
         self.connection.makeConnection(self.transport)
@@ -68,6 +71,7 @@ class P2PProcessProtocol(ProcessProtocol):
 
     def processEnded(self, reason):
         self._lose(reason)
+        self.ended.callback(None)
 
     def _lose(self, reason=None):
         if self.connection.disconnected:

@@ -396,4 +396,6 @@ class _Upload(_Turn):
         else:
             # Once DATA is announced the stream cannot be resynchronised.
             client._break("upload aborted: %s" % (reason,))
+            # The sink's failure is this abort's consequence, not news.
+            self._sink.done.addErrback(lambda _: None)
         self._complete()

@@ -370,10 +370,16 @@ class P2PConnection(Protocol):
 
     def stopProducing(self):
         """
-        The consumer of the current payload is gone: this connection
-        cannot be resynchronised, so it is aborted.
+        The consumer of the current payload is gone.  The rest of the
+        payload is read and dropped, so this connection stays in step with
+        its peer; whoever awaits the payload learns of the loss from its
+        consumer (for a L{DataSink}, its C{done} Deferred fails).
         """
-        self.abort("the consumer of a payload went away")
+        reader = self._reader
+        if reader is not None:
+            reader.consumer = None
+        self._pauses.discard("consumer")
+        self._process()
 
     def _updatePause(self):
         if self.transport is None or self.disconnected:

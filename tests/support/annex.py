@@ -626,7 +626,17 @@ def copy_cluster(template, base_dir):
             if old in data:
                 with open(path, "wb") as f:
                     f.write(data.replace(old, new))
-    return _load(env, len(template.nodes), template.wanted)
+
+    # Same uuids as the template: no need to ask git.
+    def moved(repo):
+        path = env.base_dir + repo.path[len(template.base_dir):]
+        return Repo(repo.name, path, repo.uuid)
+
+    return Cluster(env.base_dir, env, moved(template.gateway),
+                   [moved(node) for node in template.nodes],
+                   moved(template.client), template.cluster_uuid,
+                   wanted=template.wanted, name=template.name,
+                   remote=template.remote)
 
 
 _templates = {}
