@@ -1,0 +1,1 @@
+"""Benchmarks of annexd against git-annex."""
