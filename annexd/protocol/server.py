@@ -21,7 +21,7 @@ from enum import Enum
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from annexd.interfaces import RepositoryError, RepositoryUnavailable
+from annexd.interfaces import Outcome, RepositoryError, RepositoryUnavailable
 from annexd.protocol import messages as m
 from annexd.protocol.framing import ConnectionClosed, LineTooLong
 from annexd.protocol.messages import UnparseableMessage, plusReply
@@ -198,6 +198,9 @@ class P2PServer:
         download = await self.repository.get(msg.key, msg.associatedFile,
                                              msg.offset)
         sink = self.connection.sendData(download.length)
+        # deliver() reports the outcome; a lost connection also shows there
+        # or at the next read, so the sink's own failure is no news.
+        sink.done.addErrback(lambda _: None)
         try:
             valid = await download.deliver(sink)
         except Exception:
@@ -205,6 +208,13 @@ class P2PServer:
             # is lost (it keeps what it got, and resumes).
             download.finish(False)
             self.connection.abort("the repository failed mid-download")
+            raise _SessionOver()
+        if sink.written != download.length:
+            # A short payload cannot be completed or revised; a verdict now
+            # would be read as payload.  Only dropping the connection helps.
+            download.finish(False)
+            self.connection.abort("the repository delivered %d of %d bytes" % (
+                sink.written, download.length))
             raise _SessionOver()
         if self.version >= 1:
             self.connection.sendMessage(m.Invalid() if valid is False or (
@@ -229,10 +239,15 @@ class P2PServer:
             self.connection.sendMessage(m.Error(READONLY_ERROR))
             return
         offer = await self.repository.put(msg.key, msg.associatedFile)
-        if not hasattr(offer, "receive"):
-            self.connection.sendMessage(
-                m.AlreadyHavePlus(tuple(offer.uuids))
-                if self.version >= 2 and offer.uuids else m.AlreadyHave())
+        if isinstance(offer, Outcome):
+            if offer.alreadyHad:
+                self.connection.sendMessage(
+                    m.AlreadyHavePlus(tuple(offer.uuids))
+                    if self.version >= 2 and offer.uuids else m.AlreadyHave())
+            else:
+                # PUT has no FAILURE reply: refuse it as git-annex does.
+                self.connection.sendMessage(
+                    m.Error(b"the repository does not accept this content"))
             return
         upload = offer
         self.connection.sendMessage(m.PutFrom(upload.offset))
@@ -258,7 +273,14 @@ class P2PServer:
             plusReply(outcome.ok, outcome.uuids, self.version))
 
     async def _receiveContent(self, upload, length):
-        sink = upload.receive(length)
+        try:
+            sink = upload.receive(length)
+        except Exception:
+            # The payload and its verdict come anyway: skip them, so that no
+            # byte of content is ever read as a command.
+            upload.abort("the repository cannot take the content")
+            await self._skipContent(length)
+            raise
         try:
             await self.connection.readData(length, sink)
         except ConnectionClosed:
@@ -279,6 +301,17 @@ class P2PServer:
                 self.connection.sendMessage(
                     m.Error(b"expected VALID or INVALID"))
         return await upload.finish(valid)
+
+    async def _skipContent(self, length):
+        try:
+            await self.connection.readData(length, None)
+        except ConnectionClosed:
+            raise _SessionOver()
+        if self.version >= 1:
+            try:
+                await self._read()
+            except UnparseableMessage:
+                pass
 
     async def _notSupported(self, msg):
         what = (b"relaying to git not supported on this connection"
