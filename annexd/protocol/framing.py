@@ -229,6 +229,10 @@ class P2PConnection(Protocol):
         """
         Wait for the next message.
 
+        Use it with C{await} (or return the Deferred from a callback): a
+        callback that calls L{readMessage} again and adds callbacks to an
+        already-fired Deferred nests one call per buffered line.
+
         @return: a Deferred firing with a L{Message}; or failing with
             L{UnparseableMessage} (the connection goes on: the caller
             decides how to answer), L{LineTooLong} (the connection is

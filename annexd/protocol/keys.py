@@ -84,7 +84,10 @@ class Key:
             if pos < order or letter in values:
                 raise InvalidKey("field %r out of order" % (part,))
             order = pos + 1
-            values[letter] = int(part[1:])
+            try:
+                values[letter] = int(part[1:])
+            except ValueError:  # more digits than int() converts
+                raise InvalidKey("field %r too long" % (part[:20],))
         _checkSafe(variety, name)
         if variety.endswith(b"E") and _isHashVariety(variety):
             dot = name.find(b".")

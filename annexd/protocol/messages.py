@@ -23,6 +23,7 @@ Parsing rules, as git-annex applies them:
 """
 
 import re
+import unicodedata
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -158,43 +159,38 @@ class _AssociatedFile(_Field):
     An associated file: L{None} for no file, else the decoded relative path.
     """
 
+    # git-annex works on characters (UTF-8, undecodable bytes kept):
+    # Haskell's isSpace and isControl, not just their ASCII subsets.
+
     @staticmethod
     def decode(data):
-        out = bytearray()
-        i = 0
-        n = len(data)
-        while i < n:
-            c = data[i]
-            if c == 0x25:  # %
-                if i + 1 < n and data[i + 1] == 0x25:
-                    out.append(0x25)
-                    i += 2
-                    continue
-                out.append(0x5F)
-            elif c < 0x20 or c == 0x7F:
-                out.append(0x5F)
-            else:
-                out.append(c)
-            i += 1
+        parts = data.decode("utf-8", "surrogateescape").split("%%")
+        out = "%".join(
+            "".join("_" if c == "%" or unicodedata.category(c) == "Cc" else c
+                    for c in part) for part in parts)
         if not out:
             return None
-        if out[:1] == b"/":
+        if out.startswith("/"):
             raise ValueError("associated file is an absolute path")
-        return bytes(out)
+        return out.encode("utf-8", "surrogateescape")
 
     @staticmethod
     def encode(value):
         if value is None:
             return b""
-        out = bytearray()
-        for c in value:
-            if c == 0x25:
-                out += b"%%"
-            elif c in _WHITESPACE:
-                out.append(0x25)
-            else:
-                out.append(c)
-        return bytes(out)
+        return "".join(
+            "%%" if c == "%" else "%" if _isSpace(c) else c
+            for c in value.decode("utf-8", "surrogateescape")
+        ).encode("utf-8", "surrogateescape")
+
+
+def _isSpace(c):
+    """
+    Haskell's C{isSpace}: ASCII blanks, U+00A0, and Unicode spaces (Zs).
+    """
+    if c <= "\u0377":
+        return c in " \t\n\r\x0b\x0c\xa0"
+    return unicodedata.category(c) == "Zs"
 
 
 class _AuthToken(_Field):
@@ -206,6 +202,8 @@ class _AuthToken(_Field):
 
     @staticmethod
     def encode(value):
+        if not _AUTHTOKEN.match(value):
+            raise ValueError("bad characters in auth token")
         return value
 
 
@@ -220,7 +218,7 @@ class _Service(_Field):
 
     @staticmethod
     def encode(value):
-        return value
+        return _Service.decode(value)
 
 
 class _List(_Field):
@@ -263,10 +261,7 @@ class Message:
         parts = [self.WORD]
         parts.extend(codec.encode(value)
                      for codec, value in zip(self.FIELDS, self._values()))
-        line = b" ".join(parts)
-        if len(line) >= MAX_LINE_LENGTH:
-            raise ValueError("message longer than %d bytes" % MAX_LINE_LENGTH)
-        return line
+        return _checkLength(b" ".join(parts))
 
     @classmethod
     def fromArguments(cls, rest):
@@ -291,6 +286,12 @@ class Message:
 
     def __bytes__(self):
         return self.toLine()
+
+
+def _checkLength(line):
+    if len(line) >= MAX_LINE_LENGTH:
+        raise ValueError("message longer than %d bytes" % MAX_LINE_LENGTH)
+    return line
 
 
 def _message(word, *fields, since=0):
@@ -344,7 +345,7 @@ class Changed(Message):
 
     def toLine(self):
         # git-annex sends an empty list with a trailing space.
-        return b"CHANGED " + _List.encode(self.refs)
+        return _checkLength(b"CHANGED " + _List.encode(self.refs))
 
 
 @_message(b"CHECKPRESENT", _Key)
@@ -473,7 +474,8 @@ class Error(Message):
 
 def _listMessageToLine(self):
     # git-annex sends an empty list as the bare word.
-    return b" ".join((self.WORD,) + tuple(self.uuids))
+    return _checkLength(b" ".join((self.WORD,) + tuple(
+        _Uuid.encode(u) for u in self.uuids)))
 
 
 for _cls in (AlreadyHavePlus, SuccessPlus, FailurePlus, Bypass):
