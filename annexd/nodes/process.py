@@ -4,19 +4,27 @@ P2P sessions with a child process that speaks the protocol on its stdin and
 stdout (C{git-annex-shell p2pstdio}, C{ssh ... git-annex-shell p2pstdio},
 C{git-annex-p2p-NETNAME ADDRESS}).
 
-The child's stdout feeds a L{P2PConnection}; the connection writes to the
-child's stdin.  The process transport is a consumer and a push producer, so
-pausing the connection stops reading the child's stdout (the child then
-blocks on a full pipe), and a producer registered for an outgoing payload is
-paced by the child's stdin pipe.  The child's stderr is kept (the last few
-KiB) to explain failures.
+The child's stdin and stdout are one end of a Unix socketpair; annexd adopts
+the other end as an ordinary stream connection.  That transport is a
+consumer and a push producer like any socket (pausing the L{P2PConnection}
+stops reading, and the child then blocks on a full socket), and it reads
+64 KiB at a time, where Twisted reads process pipes 8 KiB at a time: a
+payload costs an eighth of the wake-ups.  The process transport is kept for
+the child's stderr (the last few KiB are kept to explain failures), its exit
+status, and signals.
+
+The connection is reported lost only once both the socket has closed and
+the child has exited, so that the reason carries what the child said.  A
+child that closes the socket but does not exit is killed after
+L{EXIT_GRACE} seconds.
 """
 
 import os
+import socket
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,6 +32,12 @@ from annexd.protocol.framing import P2PConnection
 
 #: How much of a child's stderr is kept for error messages.
 STDERR_KEEP = 4096
+
+#: Seconds a child may live on after closing its end of the session.
+EXIT_GRACE = 5.0
+
+#: Socket buffer size for the session socketpair.
+SOCKET_BUFFER = 1024 * 1024
 
 
 class ChildExited(Exception):
@@ -38,51 +52,80 @@ class ChildExited(Exception):
         self.annexdDetail = detail
 
 
+class _SocketSide(Protocol):
+    """
+    Our end of the socketpair: feeds the L{P2PConnection}.
+    """
+
+    def __init__(self, bridge):
+        self._bridge = bridge
+
+    def connectionMade(self):
+        self._bridge.connection.makeConnection(self.transport)
+
+    def dataReceived(self, data):
+        self._bridge.connection.dataReceived(data)
+
+    def connectionLost(self, reason):
+        self._bridge._socketClosed()
+
+
 class P2PProcessProtocol(ProcessProtocol):
     """
-    Bridges a child process's stdio to a L{P2PConnection}.
+    A child process whose stdio is a P2P session.
 
-    @ivar connection: the L{P2PConnection}.
+    @ivar connection: the L{P2PConnection} of the session.
     @ivar stderr: the tail of what the child wrote to stderr.
+    @ivar ended: a Deferred that fires with L{None} once the child has
+        exited.
     """
 
     _log = Logger()
 
-    def __init__(self, connection):
+    def __init__(self, reactor, connection):
+        self.reactor = reactor
         self.connection = connection
         self.stderr = b""
-        #: fires with L{None} once the child has exited
         self.ended = Deferred()
-
-    def connectionMade(self):
-        self.connection.makeConnection(self.transport)
+        self._exitReason = None
+        self._socketGone = False
+        self._graceTimer = None
 
     def childDataReceived(self, childFD, data):
-        if childFD == 1:
-            self.connection.dataReceived(data)
-        elif childFD == 2:
+        if childFD == 2:
             self.stderr = (self.stderr + data)[-STDERR_KEEP:]
 
-    def childConnectionLost(self, childFD):
-        if childFD == 1:
-            # Nothing more can arrive; do not wait for the child to exit
-            # (it may be blocked on something else).
-            self._lose()
-
     def processEnded(self, reason):
-        self._lose(reason)
+        self._exitReason = reason
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        self._graceTimer = None
+        self._report()
         self.ended.callback(None)
 
-    def _lose(self, reason=None):
-        if self.connection.disconnected:
+    def _socketClosed(self):
+        self._socketGone = True
+        if self._exitReason is None:
+            self._graceTimer = self.reactor.callLater(EXIT_GRACE, self.kill)
+        self._report()
+
+    def _report(self):
+        """
+        Tell the connection it is lost, once the socket is closed and the
+        child's exit (hence all its stderr) is known.
+        """
+        if (not self._socketGone or self._exitReason is None
+                or self.connection.disconnected):
             return
         detail = self.stderr.decode("utf-8", "replace").strip()
-        if reason is not None and isinstance(reason.value, ierror.ProcessTerminated):
-            how = ("killed by signal %d" % reason.value.signal
-                   if reason.value.signal is not None
-                   else "exited with status %s" % reason.value.exitCode)
+        value = self._exitReason.value
+        if isinstance(value, ierror.ProcessTerminated):
+            how = ("killed by signal %d" % value.signal
+                   if value.signal is not None
+                   else "exited with status %s" % value.exitCode)
             detail = "%s%s%s" % (detail, "; " if detail else "", how)
-        self.connection.connectionLost(Failure(ChildExited(detail or "closed its output")))
+        self.connection.connectionLost(
+            Failure(ChildExited(detail or "ended the session")))
 
     def kill(self):
         """
@@ -109,15 +152,28 @@ def childEnvironment(extra=None):
 
 def spawnP2P(reactor, executable, args, env, path=None, peer=None):
     """
-    Start a child that speaks P2P on stdio.
+    Start a child that speaks P2P on its stdin and stdout.
 
     @return: the L{P2PProcessProtocol}; its C{connection} is ready for
         reading and writing at once, and fails with L{ChildExited} when the
         child goes away.
+    @raise OSError: if the child cannot be started.
     """
     connection = P2PConnection(peer or args[0])
-    bridge = P2PProcessProtocol(connection)
-    reactor.spawnProcess(bridge, executable, args, env=env, path=path,
-                         childFDs={0: "w", 1: "r", 2: "r"})
+    bridge = P2PProcessProtocol(reactor, connection)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        reactor.spawnProcess(
+            bridge, executable, args, env=env, path=path,
+            childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+        ours.setblocking(False)
+        reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX,
+            Factory.forProtocol(lambda: _SocketSide(bridge)))
+    finally:
+        theirs.close()
+        ours.close()
     return bridge
-

@@ -103,10 +103,18 @@ class P2PClient:
 
     # -- plumbing ---------------------------------------------------------
 
-    def _break(self, why):
+    def _break(self, why, graceful=False):
+        """
+        End the session for good.  With C{graceful}, what was already
+        written is still delivered before the connection closes (a node
+        then keeps the part of an upload it got, for a later resume).
+        """
         if self.broken is None:
             self.broken = why
-        self.connection.abort(why)
+        if graceful:
+            self.connection.close()
+        else:
+            self.connection.abort(why)
 
     async def _reply(self, types, what=None):
         """
@@ -395,7 +403,7 @@ class _Upload(_Turn):
             client.connection.sendMessage(m.Error.of(reason))
         else:
             # Once DATA is announced the stream cannot be resynchronised.
-            client._break("upload aborted: %s" % (reason,))
+            client._break("upload aborted: %s" % (reason,), graceful=True)
             # The sink's failure is this abort's consequence, not news.
             self._sink.done.addErrback(lambda _: None)
         self._complete()

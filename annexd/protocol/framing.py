@@ -188,6 +188,18 @@ class P2PConnection(Protocol):
         self._updatePause()
 
     def dataReceived(self, data):
+        reader = self._reader
+        if (reader is not None and self._pos == len(self._buffer)
+                and len(data) < reader.remaining and not self._processing
+                and "consumer" not in self._pauses):
+            # The hot path of a payload: nothing buffered, the consumer is
+            # ready, and the payload goes on after this chunk: hand the
+            # chunk over as it is, without copying it.
+            reader.remaining -= len(data)
+            reader.received += len(data)
+            if reader.consumer is not None:
+                reader.consumer.write(data)
+            return
         if self._pos and self._pos >= len(self._buffer) // 2:
             del self._buffer[:self._pos]
             self._pos = 0
@@ -331,20 +343,14 @@ class P2PConnection(Protocol):
             if waiter is None:
                 break
             end = self._buffer.find(b"\n", self._pos)
-            if end < 0:
-                if len(self._buffer) - self._pos > self.maxLineLength:
-                    self._lineWaiter = None
-                    self.abort("line longer than %d bytes" % self.maxLineLength)
-                    waiter.errback(LineTooLong(
-                        "%s sent a line longer than %d bytes" % (
-                            self.peer, self.maxLineLength)))
-                break
-            if end - self._pos > self.maxLineLength:
+            if (len(self._buffer) if end < 0 else end) - self._pos > self.maxLineLength:
                 self._lineWaiter = None
                 self.abort("line longer than %d bytes" % self.maxLineLength)
                 waiter.errback(LineTooLong(
                     "%s sent a line longer than %d bytes" % (
                         self.peer, self.maxLineLength)))
+                break
+            if end < 0:
                 break
             line = bytes(self._buffer[self._pos:end])
             self._pos = end + 1
