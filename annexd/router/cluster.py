@@ -1,0 +1,519 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+A cluster as one repository: fan-out over its nodes.
+
+L{Cluster} implements L{IRepository} on top of the nodes' L{IRepository}s
+(shared/spec/p2p-protocol.md section 5.3, with the failure handling of 5.5
+made forgiving):
+
+  - PUT goes to every node that wants the key (a L{WantsPolicy}; when none
+    does, to every node).  The content streams to all of them at once
+    through one L{TeeConsumer}: the client is paused while any node is, so
+    the slowest node paces the upload.  A node that fails (unreachable,
+    ERROR, killed mid-transfer) is dropped from the fan-out and the others
+    complete; the answer names exactly the nodes that hold verified content,
+    and is a failure only when none does.
+  - GET is served by one node: the cheapest, then the least busy; a node
+    that fails or lacks the content before any byte was sent is skipped.
+  - CHECKPRESENT asks every node at once and is true as soon as one has the
+    content.
+  - REMOVE and REMOVE-BEFORE go to every node (deadlines translated to
+    each node's clock); LOCKCONTENT is refused, as git-annex refuses it for
+    clusters; GETTIMESTAMP answers with the gateway's own clock.
+"""
+
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from annexd.clock import monotonicSeconds
+from annexd.interfaces import (
+    IDownload, IRepository, IUpload, Outcome, ProtocolNotSupported,
+    RepositoryError, RepositoryUnavailable)
+
+
+class IWantsPolicy(Interface):
+    """
+    Decides which nodes want a key (their preferred content).
+    """
+
+    def wants(node, key, associatedFile):
+        """
+        @return: whether C{node} (a L{ClusterNode}) wants C{key}.
+        """
+
+
+@implementer(IWantsPolicy)
+class WantsEverything:
+    """
+    Every node wants every key.
+    """
+
+    def wants(self, node, key, associatedFile):
+        return True
+
+
+@dataclass(eq=False)
+class ClusterNode:
+    """
+    One node of a cluster.
+
+    @ivar uuid: the node's uuid (for a node that is another gateway of the
+        same cluster, the cluster's uuid).
+    @ivar name: its remote name, for logs and errors.
+    @ivar cost: git-annex's cost: cheaper nodes serve downloads first.
+    @ivar repository: the node's L{IRepository}.
+    @ivar via: for a node that is another gateway of the cluster, that
+        gateway's uuid (it is skipped when the client's BYPASS names it).
+    @ivar busy: transfers in progress through this cluster.
+    """
+
+    uuid: bytes
+    name: str
+    cost: float
+    repository: object
+    via: bytes | None = None
+    busy: int = field(default=0)
+
+
+def _describe(error):
+    text = getattr(error, "text", None)
+    return text.decode("utf-8", "replace") if text else str(error)
+
+
+async def _settle(deferreds):
+    """
+    Wait for every Deferred; return C{[(ok, result-or-exception)]}.
+    """
+    out = []
+    for d in deferreds:
+        try:
+            out.append((True, await d))
+        except Exception as e:
+            out.append((False, e))
+    return out
+
+
+@implementer(IRepository)
+class Cluster:
+    """
+    @ivar uuid: the cluster's uuid.
+    @ivar nodes: the L{ClusterNode}s, cheapest first.
+    """
+
+    _log = Logger()
+
+    def __init__(self, uuid, nodes, policy=None, clock=monotonicSeconds,
+                 name=None, gatewayUUID=None):
+        """
+        @param gatewayUUID: this gateway's uuid: other gateways are always
+            told to bypass it, and a node reached through it is skipped.
+        """
+        self.uuid = uuid
+        self.name = name or uuid.decode("ascii", "replace")
+        self.policy = policy or WantsEverything()
+        self.clock = clock
+        self.gatewayUUID = gatewayUUID
+        self._allNodes = sorted(nodes, key=lambda n: n.cost)
+        self.setBypass(())
+
+    def setBypass(self, uuids):
+        """
+        Take the client's BYPASS list: leave out the other gateways it names
+        (and this one), and hand the list on to the gateways that remain.
+        """
+        bypass = set(uuids)
+        if self.gatewayUUID is not None:
+            bypass.add(self.gatewayUUID)
+        self.nodes = [n for n in self._allNodes
+                      if n.via is None or n.via not in bypass]
+        for node in self.nodes:
+            if node.via is not None:
+                node.repository.bypass = tuple(sorted(bypass))
+
+    def close(self):
+        """
+        Close every node's sessions.
+        """
+        return defer.DeferredList([
+            defer.maybeDeferred(n.repository.close) for n in self._allNodes
+            if hasattr(n.repository, "close")])
+
+    def _run(self, coroutine):
+        return defer.Deferred.fromCoroutine(coroutine)
+
+    def _failed(self, node, what, error):
+        self._log.warn("cluster {cluster}: node {node} failed {what}: {error}",
+                       cluster=self.name, node=node.name, what=what,
+                       error=_describe(error))
+
+    # -- CHECKPRESENT ------------------------------------------------------
+
+    def checkPresent(self, key):
+        return self._run(self._checkPresent(key))
+
+    async def _checkPresent(self, key):
+        if not self.nodes:
+            return False
+        asked = [defer.maybeDeferred(n.repository.checkPresent, key)
+                 for n in self.nodes]
+        answer = defer.Deferred()
+        pending = [len(asked)]
+        errors = []
+
+        def one(present):
+            if present and not answer.called:
+                answer.callback(True)
+
+        def failed(reason, node):
+            errors.append((node, reason.value))
+            self._failed(node, "CHECKPRESENT", reason.value)
+
+        def settled(_):
+            pending[0] -= 1
+            if pending[0] == 0 and not answer.called:
+                if len(errors) == len(asked):
+                    answer.errback(RepositoryUnavailable(
+                        "no node of %s could be asked: %s" % (
+                            self.name, _describe(errors[0][1]))))
+                else:
+                    answer.callback(False)
+
+        for node, d in zip(self.nodes, asked):
+            d.addCallbacks(one, failed, errbackArgs=(node,))
+            d.addBoth(settled)
+        return await answer
+
+    # -- LOCKCONTENT, GETTIMESTAMP -----------------------------------------
+
+    def lockContent(self, key):
+        # A cluster cannot be locked as a whole; clients lock single nodes.
+        return defer.succeed(None)
+
+    def getTimestamp(self):
+        return defer.succeed(self.clock())
+
+    # -- REMOVE ------------------------------------------------------------
+
+    def remove(self, key, before=None):
+        return self._run(self._remove(key, before))
+
+    async def _removeFrom(self, node, key, before):
+        if before is None:
+            return await node.repository.remove(key)
+        try:
+            theirs = await node.repository.getTimestamp()
+        except ProtocolNotSupported:
+            # A node too old for REMOVE-BEFORE gets REMOVE, as git-annex
+            # does; the deadline is still checked here.
+            if self.clock() >= before:
+                return Outcome(False)
+            return await node.repository.remove(key)
+        return await node.repository.remove(key, theirs + (before - self.clock()))
+
+    async def _remove(self, key, before):
+        if not self.nodes:
+            return Outcome(False)
+        results = await _settle(
+            [defer.Deferred.fromCoroutine(self._removeFrom(n, key, before))
+             for n in self.nodes])
+        removed = []
+        allOk = True
+        firstError = None
+        for node, (ok, result) in zip(self.nodes, results):
+            if not ok:
+                allOk = False
+                firstError = firstError or result
+                self._failed(node, "REMOVE", result)
+                continue
+            if result.ok:
+                removed.append(node.uuid)
+            else:
+                allOk = False
+            removed.extend(u for u in result.uuids if u not in removed)
+        if not removed and firstError is not None and not allOk:
+            raise RepositoryError(_describe(firstError))
+        return Outcome(allOk, tuple(removed))
+
+    # -- GET ---------------------------------------------------------------
+
+    def get(self, key, associatedFile, offset):
+        return self._run(self._get(key, associatedFile, offset))
+
+    async def _get(self, key, associatedFile, offset):
+        order = sorted(self.nodes, key=lambda n: (n.cost, n.busy))
+        for node in order:
+            try:
+                download = await node.repository.get(key, associatedFile, offset)
+            except (RepositoryError, RepositoryUnavailable) as e:
+                self._failed(node, "GET", e)
+                continue
+            if download.length == 0:
+                try:
+                    valid = await download.deliver(None)
+                except (RepositoryError, RepositoryUnavailable) as e:
+                    self._failed(node, "GET", e)
+                    continue
+                if valid is False:
+                    # The node lacks the content: try the next one.
+                    try:
+                        await download.finish(False)
+                    except (RepositoryError, RepositoryUnavailable) as e:
+                        self._failed(node, "GET", e)
+                    continue
+                return _NodeDownload(node, download, delivered=valid)
+            return _NodeDownload(node, download)
+        return _Absent()
+
+    # -- PUT ---------------------------------------------------------------
+
+    def put(self, key, associatedFile):
+        return self._run(self._put(key, associatedFile))
+
+    async def _put(self, key, associatedFile):
+        targets = [n for n in self.nodes
+                   if self.policy.wants(n, key, associatedFile)]
+        if not targets:
+            targets = list(self.nodes)
+        if not targets:
+            raise RepositoryError("%s has no nodes" % (self.name,))
+        results = await _settle([defer.maybeDeferred(
+            n.repository.put, key, associatedFile) for n in targets])
+        uploads = []
+        had = []
+        errors = []
+        for node, (ok, result) in zip(targets, results):
+            if not ok:
+                errors.append(result)
+                self._failed(node, "PUT", result)
+            elif isinstance(result, Outcome):
+                had.append(node.uuid)
+                had.extend(u for u in result.uuids if u not in had)
+            else:
+                uploads.append((node, result))
+        if not uploads:
+            if had:
+                return Outcome(True, tuple(had), alreadyHad=True)
+            raise RepositoryError("no node of %s accepted the content: %s" % (
+                self.name, _describe(errors[0])))
+        return _ClusterUpload(self, uploads, tuple(had))
+
+
+class _Absent:
+    """
+    No node has the content: C{DATA 0} and C{INVALID}, as git-annex says it.
+    """
+
+    length = 0
+
+    def deliver(self, consumer):
+        return defer.succeed(False)
+
+    def finish(self, ok):
+        return defer.succeed(None)
+
+
+@implementer(IDownload)
+class _NodeDownload:
+    """
+    A node's download, counted as work on that node.
+    """
+
+    def __init__(self, node, download, delivered=None):
+        self.node = node
+        self.length = download.length
+        self._download = download
+        self._delivered = delivered
+        node.busy += 1
+
+    def deliver(self, consumer):
+        if self.length == 0:
+            return defer.succeed(self._delivered)
+        return self._download.deliver(consumer)
+
+    def finish(self, ok):
+        if self._download is not None:
+            self.node.busy -= 1
+            download, self._download = self._download, None
+            return download.finish(ok)
+        return defer.succeed(None)
+
+
+@implementer(IPushProducer)
+class _Membrane:
+    """
+    What one node's sink sees as the producer: its pause and resume are
+    counted by the tee, and its stop drops only that node.
+    """
+
+    def __init__(self, tee, branch):
+        self._tee = tee
+        self._branch = branch
+
+    def pauseProducing(self):
+        self._tee._pause(self._branch)
+
+    def resumeProducing(self):
+        self._tee._resume(self._branch)
+
+    def stopProducing(self):
+        self._tee._lost(self._branch, "the node stopped taking data")
+
+
+class _Branch:
+    def __init__(self, node, upload, sink, skip):
+        self.node = node
+        self.upload = upload
+        self.sink = sink
+        self.skip = skip
+        self.failed = None
+
+
+@implementer(IConsumer)
+class TeeConsumer:
+    """
+    Writes one stream into several node sinks, each from its own offset.
+
+    The producer registered here is paused while any live node is paused,
+    and resumed when none is.  A node whose sink fails is dropped; the
+    stream goes on for the others.
+
+    @ivar done: fires with the length once every byte has been written.
+    """
+
+    def __init__(self, branches, length):
+        self._branches = branches
+        self.length = length
+        self.written = 0
+        self.done = defer.Deferred()
+        self._producer = None
+        self._paused = set()
+        if length == 0:
+            self.done.callback(0)
+
+    def live(self):
+        return [b for b in self._branches if b.failed is None]
+
+    def registerProducer(self, producer, streaming):
+        if not streaming:
+            raise ValueError("a cluster upload needs a streaming producer")
+        self._producer = producer
+        for branch in self._branches:
+            branch.sink.registerProducer(_Membrane(self, branch), True)
+
+    def unregisterProducer(self):
+        self._producer = None
+        for branch in self._branches:
+            if branch.failed is None:
+                branch.sink.unregisterProducer()
+
+    def write(self, data):
+        start = self.written
+        self.written += len(data)
+        for branch in self.live():
+            part = data
+            if branch.skip > start:
+                part = data[branch.skip - start:]
+            if not part:
+                continue
+            try:
+                branch.sink.write(part)
+            except Exception as e:
+                self._lost(branch, str(e))
+        if self.written >= self.length and not self.done.called:
+            self.done.callback(self.length)
+
+    def _pause(self, branch):
+        if branch.failed is not None:
+            return
+        first = not self._paused
+        self._paused.add(branch)
+        if first and self._producer is not None:
+            self._producer.pauseProducing()
+
+    def _resume(self, branch):
+        if branch not in self._paused:
+            return
+        self._paused.discard(branch)
+        if not self._paused and self._producer is not None:
+            self._producer.resumeProducing()
+
+    def _lost(self, branch, why):
+        if branch.failed is None:
+            branch.failed = why
+            branch.upload.abort(why)
+        self._resume(branch)
+
+
+@implementer(IUpload)
+class _ClusterUpload:
+    def __init__(self, cluster, uploads, had):
+        self._cluster = cluster
+        self._uploads = uploads
+        self._had = had
+        self.offset = min(u.offset for _, u in uploads)
+        self._tee = None
+
+    def receive(self, length):
+        total = self.offset + length
+        branches = []
+        for node, upload in self._uploads:
+            if upload.offset > total:
+                upload.abort("offered offset beyond the content")
+                continue
+            try:
+                sink = upload.receive(total - upload.offset)
+            except Exception as e:
+                # This node cannot take the content: drop it, not the PUT.
+                self._cluster._failed(node, "PUT", e)
+                upload.abort("cannot take the content: %s" % (_describe(e),))
+                continue
+            branches.append(_Branch(node, upload, sink,
+                                    upload.offset - self.offset))
+        self._tee = TeeConsumer(branches, length)
+        for branch in branches:
+            # A sink that fails drops its node from the tee (even if its
+            # transport never stopped the producer); the failure itself is
+            # reported by the upload's finish.
+            branch.sink.done.addErrback(
+                lambda f, b=branch: self._tee._lost(b, f.getErrorMessage()))
+        return self._tee
+
+    def finish(self, valid):
+        return defer.Deferred.fromCoroutine(self._finish(valid))
+
+    async def _finish(self, valid):
+        if self._tee is None:
+            branches = [_Branch(n, u, None, 0) for n, u in self._uploads]
+        else:
+            branches = self._tee.live()
+        results = await _settle([defer.maybeDeferred(b.upload.finish, valid)
+                                 for b in branches])
+        return self._collect(branches, results, "PUT")
+
+    def _collect(self, branches, results, what):
+        stored = []
+        for branch, (ok, result) in zip(branches, results):
+            if not ok:
+                self._cluster._failed(branch.node, what, result)
+            elif result.ok:
+                stored.append(branch.node.uuid)
+                stored.extend(u for u in result.uuids if u not in stored)
+        stored.extend(u for u in self._had if u not in stored)
+        return Outcome(bool(stored), tuple(stored))
+
+    def dataPresent(self):
+        return defer.Deferred.fromCoroutine(self._dataPresent())
+
+    async def _dataPresent(self):
+        branches = [_Branch(n, u, None, 0) for n, u in self._uploads]
+        results = await _settle([defer.maybeDeferred(b.upload.dataPresent)
+                                 for b in branches])
+        return self._collect(branches, results, "DATA-PRESENT")
+
+    def abort(self, reason):
+        for _, upload in self._uploads:
+            upload.abort(reason)
