@@ -1,26 +1,46 @@
 # -*- test-case-name: tests.test_shell -*-
 """
-C{annexd-shell}: the ssh forced-command entry point (a drop-in for
-C{git-annex-shell}).
+C{annexd-shell}: the ssh forced-command entry point, a drop-in for
+C{git-annex-shell}.
 
-This first version serves the gateway's own repository: C{configlist} and
-C{p2pstdio} (annexd's P2P server in front of the repository, which annexd
-drives through C{git-annex-shell p2pstdio}).  Everything else is refused with
-a one-line reason and exit status 1.  Routing to proxied nodes and clusters
-joins it with the router.
+In C{authorized_keys}::
+
+    command="annexd-shell --repo /srv/gw.git",restrict ssh-ed25519 AAAA...
 
 The command comes from C{-c "COMMAND"} (how sshd runs a login shell, and how
 git-annex-shell is set up as a forced command) or from
-C{SSH_ORIGINAL_COMMAND}; it is split with POSIX shell quoting, and a leading
-C{git-annex-shell} word is dropped.
+C{SSH_ORIGINAL_COMMAND}.  It is split with POSIX shell quoting, and a leading
+C{git-annex-shell} word is dropped.  Subcommands:
+
+  - C{configlist DIR}: the gateway's uuid, as git-annex-shell prints it;
+  - C{p2pstdio DIR CLIENTUUID --uuid TARGET}: a P2P session with the target
+    the L{Router} resolves (the gateway, a proxied node or a cluster);
+  - C{git-upload-pack DIR}, C{git-receive-pack DIR}: git itself;
+  - C{notifychanges}, C{inannex}, C{recvkey}, C{sendkey}, C{dropkey},
+    C{gcryptsetup}: handed to git-annex-shell with the same restrictions;
+  - anything else is refused with a one-line reason and exit status 1.
+
+Restrictions: C{--readonly} / C{GIT_ANNEX_SHELL_READONLY} (no PUT, REMOVE;
+annexd's C{--readonly} also refuses git pushes, which git-annex-shell's
+variable does not), C{--appendonly} / C{GIT_ANNEX_SHELL_APPENDONLY} (no
+REMOVE), C{GIT_ANNEX_SHELL_LIMITED} (no git commands),
+C{GIT_ANNEX_SHELL_DIRECTORY} and C{--repo} (the only repositories served).
 """
 
+import argparse
+import configparser
 import os
 import shlex
-import subprocess
 import sys
 
 from annexd import gitannex
+
+#: Subcommands handed to git-annex-shell itself.
+PASSTHROUGH = ("notifychanges", "inannex", "recvkey", "sendkey", "dropkey",
+               "gcryptsetup")
+
+#: git commands, served by git.
+GIT_COMMANDS = ("git-upload-pack", "git-receive-pack", "git-upload-archive")
 
 
 class Refused(Exception):
@@ -34,9 +54,9 @@ def parseCommand(words):
     Parse a git-annex-shell command line (after the program name).
 
     @return: C{(subcommand, directory, params, options)} where C{options}
-        holds C{uuid} and C{debug}, and C{params} the remaining positional
-        words.
-    @raise Refused: when it is not a command annexd-shell serves.
+        holds C{uuid}, C{debug} and C{fields}, and C{params} the remaining
+        positional words.
+    @raise Refused: when it cannot be parsed.
     """
     if not words:
         raise Refused("no command given")
@@ -83,103 +103,249 @@ def expandDirectory(directory, home=None):
     return directory
 
 
-def repositoryUUID(path):
+class Settings:
     """
-    The annex.uuid of the repository at C{path}.
+    What one annexd-shell invocation may do.
 
-    @raise Refused: if it is not a git repository.
+    @ivar repos: real paths of the repositories it serves (empty: any).
+    @ivar readonly: annexd's own read-only flag (refuses git pushes too).
+    @ivar mode: the P2P L{ServerMode} name.
+    @ivar limited: whether git commands are refused.
+    @ivar directory: GIT_ANNEX_SHELL_DIRECTORY, if set.
     """
-    result = subprocess.run(["git", "-C", path, "config", "annex.uuid"],
-                            capture_output=True, text=True)
-    if result.returncode not in (0, 1) or not os.path.isdir(path):
-        raise Refused("failed to read git config of %s" % (path,))
-    return result.stdout.strip()
+
+    def __init__(self, repos=(), readonly=False, appendonly=False,
+                 environ=None):
+        environ = os.environ if environ is None else environ
+        self.repos = [os.path.realpath(expandDirectory(r)) for r in repos]
+        self.readonly = readonly
+        envReadonly = bool(environ.get("GIT_ANNEX_SHELL_READONLY"))
+        envAppendonly = bool(environ.get("GIT_ANNEX_SHELL_APPENDONLY"))
+        if readonly or envReadonly:
+            self.mode = "read-only"
+        elif appendonly or envAppendonly:
+            self.mode = "append-only"
+        else:
+            self.mode = "read-write"
+        self.appendonly = appendonly
+        self.limited = bool(environ.get("GIT_ANNEX_SHELL_LIMITED"))
+        directory = environ.get("GIT_ANNEX_SHELL_DIRECTORY")
+        self.directory = (os.path.realpath(expandDirectory(directory))
+                          if directory else None)
+
+    def checkPath(self, directory):
+        """
+        The real path of C{directory} if this invocation may serve it.
+
+        @raise Refused: otherwise.
+        """
+        path = os.path.realpath(expandDirectory(directory))
+        if self.directory is not None and path != self.directory:
+            raise Refused("Only allowed to access %s not %s" % (
+                self.directory, directory))
+        if self.repos and path not in self.repos:
+            raise Refused("%s is not a repository served here" % (directory,))
+        return path
+
+    def restrictionEnvironment(self):
+        """
+        The GIT_ANNEX_SHELL_* variables that carry these restrictions to a
+        git-annex-shell this invocation hands a command to.
+        """
+        env = {}
+        if self.mode == "read-only":
+            env["GIT_ANNEX_SHELL_READONLY"] = "1"
+        elif self.mode == "append-only":
+            env["GIT_ANNEX_SHELL_APPENDONLY"] = "1"
+        if self.limited:
+            env["GIT_ANNEX_SHELL_LIMITED"] = "1"
+        return env
 
 
-def _serveP2P(path, uuid, clientUUID):
+def loadConfig(path):
+    """
+    Read annexd-shell settings from the C{[shell]} section of an annexd
+    configuration file (see C{etc/annexd.conf.example}).
+
+    @return: C{(repos, readonly, appendonly)}
+    """
+    parser = configparser.ConfigParser()
+    with open(path) as f:
+        parser.read_file(f)
+    if not parser.has_section("shell"):
+        return [], False, False
+    section = parser["shell"]
+    repos = [line.strip() for line in section.get("repo", "").splitlines()
+             if line.strip()]
+    return (repos, section.getboolean("readonly", False),
+            section.getboolean("appendonly", False))
+
+
+def _configlist(state, options):
+    from annexd.annex.logs import isClusterUUID
+    own = state.uuid.decode()
+    asked = options["uuid"]
+    if asked and asked != own:
+        if isClusterUUID(asked.encode()) or state.isProxied(asked.encode()):
+            raise Refused("Cannot proxy configlist command.")
+        raise Refused("expected repository UUID %s but found UUID %s" % (
+            asked, own))
+    return "annex.uuid=%s\ncore.gcrypt-id=\n" % (own,)
+
+
+def _serveP2P(state, settings, target, clientUUID):
+    """
+    Serve one P2P session on stdio; return when it ends.
+    """
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
+
+    from annexd.annex.location import LocationLog, commitJournal
+    from annexd.protocol.framing import P2PConnection
+    from annexd.protocol.server import P2PServer, ServerMode
+    from annexd.router.recording import RecordingRepository
+    from annexd.router.router import Router, UnknownTarget
+
+    router = Router(reactor, state)
+    try:
+        repository = router.resolve(target, clientUUID)
+    except UnknownTarget as e:
+        raise Refused(str(e))
+    locations = LocationLog(state.gitDir)
+    served = RecordingRepository(repository, locations.record, state.uuid)
+    connection = P2PConnection("client")
+    StandardIO(connection, reactor=reactor)
+    server = P2PServer(connection, served, ServerMode(settings.mode),
+                       clientUUID=clientUUID)
+
+    async def session():
+        await server.serve()
+        await served.close()
+        if served.changed:
+            try:
+                await commitJournal(state.path)
+            except Exception as e:
+                sys.stderr.write("annexd-shell: could not commit the "
+                                 "git-annex branch: %s\n" % (e,))
+
+    def stop(_):
+        reactor.stop()
+
+    from twisted.internet import defer
+    reactor.callWhenRunning(
+        lambda: defer.ensureDeferred(session()).addBoth(stop))
+    reactor.run()
+
+
+def _startLogging():
     from twisted.logger import (
         FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
         globalLogBeginner, textFileLogObserver)
-
-    from annexd.nodes.local import LocalNode
-    from annexd.protocol.framing import P2PConnection
-    from annexd.protocol.server import P2PServer, ServerMode
-
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(
         textFileLogObserver(sys.stderr),
         [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
         redirectStandardIO=False)
-    mode = ServerMode.READ_WRITE
-    if os.environ.get("GIT_ANNEX_SHELL_READONLY"):
-        mode = ServerMode.READ_ONLY
-    elif os.environ.get("GIT_ANNEX_SHELL_APPENDONLY"):
-        mode = ServerMode.APPEND_ONLY
-    repository = LocalNode(reactor, path, uuid.encode(), clientUUID.encode(),
-                           name=path)
-    connection = P2PConnection("client")
-    StandardIO(connection, reactor=reactor)
-    server = P2PServer(connection, repository, mode, clientUUID=clientUUID)
-
-    def done(_):
-        return repository.close()
-
-    d = server.serve()
-    d.addBoth(done)
-    d.addBoth(lambda _: reactor.stop())
-    reactor.run()
 
 
-def run(words, out=sys.stdout):
+def run(words, settings, out=sys.stdout):
     """
     Serve one git-annex-shell command.
 
     @return: the exit status.
+    @raise Refused: for anything not served.
     """
     if words and os.path.basename(words[0]) == "git-annex-shell":
         words = words[1:]
+    if words and words[0] in GIT_COMMANDS:
+        return _git(words, settings)
     subcommand, directory, params, options = parseCommand(words)
-    path = expandDirectory(directory)
+    if subcommand not in ("configlist", "p2pstdio") + PASSTHROUGH:
+        raise Refused("%s is not a command annexd-shell serves" % (subcommand,))
+    path = settings.checkPath(directory)
+    if subcommand in PASSTHROUGH:
+        return _passthrough(words, settings)
+    from annexd.annex.state import GatewayState
+    try:
+        state = GatewayState.load(path)
+    except Exception as e:
+        raise Refused("failed to read git config of %s: %s" % (directory, e))
+    if not state.uuid:
+        raise Refused("%s is not a git-annex repository" % (directory,))
     if subcommand == "configlist":
-        uuid = repositoryUUID(path)
-        if options["uuid"] and options["uuid"] != uuid:
-            raise Refused("expected repository UUID %s but found UUID %s" % (
-                options["uuid"], uuid))
-        out.write("annex.uuid=%s\ncore.gcrypt-id=\n" % (uuid,))
+        out.write(_configlist(state, options))
         out.flush()
         return 0
-    if subcommand == "p2pstdio":
-        if not params:
-            raise Refused("p2pstdio: missing UUID parameter")
-        uuid = repositoryUUID(path)
-        if not uuid:
-            raise Refused("%s is not a git-annex repository" % (path,))
-        if options["uuid"] and options["uuid"] != uuid:
-            raise Refused("expected repository UUID %s but found UUID %s" % (
-                options["uuid"], uuid))
-        _serveP2P(path, uuid, params[0])
-        return 0
-    raise Refused("%s is not supported by annexd-shell" % (subcommand,))
+    if not params:
+        raise Refused("p2pstdio: missing UUID parameter")
+    target = options["uuid"].encode() if options["uuid"] else None
+    _startLogging()
+    _serveP2P(state, settings, target, params[0].encode())
+    return 0
+
+
+def _git(words, settings):
+    if settings.limited:
+        raise Refused("Action blocked by GIT_ANNEX_SHELL_LIMITED")
+    if len(words) != 2:
+        raise Refused("%s takes one directory" % (words[0],))
+    if words[0] == "git-receive-pack" and settings.readonly:
+        raise Refused("this repository is read-only; write access denied")
+    path = settings.checkPath(words[1])
+    service = words[0][len("git-"):]
+    sys.stdout.flush()
+    os.execvp("git", ["git", service, path])
+
+
+def _passthrough(words, settings):
+    annex = gitannex.find()
+    executable, argv = annex.argv("git-annex-shell", *words)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_ANNEX_SHELL_")}
+    env.update(annex.env)
+    env.update(settings.restrictionEnvironment())
+    if settings.directory:
+        env["GIT_ANNEX_SHELL_DIRECTORY"] = settings.directory
+    sys.stdout.flush()
+    os.execve(executable, argv, env)
+
+
+def _arguments(argv):
+    parser = argparse.ArgumentParser(
+        prog="annexd-shell", add_help=True,
+        description="git-annex-shell drop-in for annexd (ssh forced command)")
+    parser.add_argument("--repo", action="append", default=[],
+                        help="a repository to serve (repeatable; default: any)")
+    parser.add_argument("--readonly", action="store_true")
+    parser.add_argument("--appendonly", action="store_true")
+    parser.add_argument("--config", help="annexd configuration file")
+    parser.add_argument("-c", dest="command", help="the command to run")
+    parser.add_argument("words", nargs=argparse.REMAINDER)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     """
-    Console entry point: C{annexd-shell [-c COMMAND]}, else
-    C{$SSH_ORIGINAL_COMMAND}, else the arguments as a command.
+    Console entry point: C{annexd-shell [options] [-c COMMAND]}; without
+    C{-c}, C{$SSH_ORIGINAL_COMMAND}, else the remaining arguments.
     """
-    args = sys.argv[1:] if argv is None else list(argv)
-    gitannex.find()  # fail early and clearly when git-annex is missing
+    args = _arguments(sys.argv[1:] if argv is None else list(argv))
     try:
-        if len(args) >= 2 and args[0] == "-c":
-            words = shlex.split(args[1])
+        repos, readonly, appendonly = list(args.repo), args.readonly, args.appendonly
+        if args.config:
+            cRepos, cReadonly, cAppendonly = loadConfig(args.config)
+            repos += cRepos
+            readonly = readonly or cReadonly
+            appendonly = appendonly or cAppendonly
+        settings = Settings(repos, readonly, appendonly)
+        if args.command is not None:
+            words = shlex.split(args.command)
         elif os.environ.get("SSH_ORIGINAL_COMMAND"):
             words = shlex.split(os.environ["SSH_ORIGINAL_COMMAND"])
         else:
-            words = args
-        status = run(words)
-    except ValueError as e:
-        sys.stderr.write("annexd-shell: cannot parse the command: %s\n" % (e,))
+            words = args.words
+        status = run(words, settings)
+    except (ValueError, OSError, configparser.Error) as e:
+        sys.stderr.write("annexd-shell: %s\n" % (e,))
         status = 1
     except Refused as e:
         sys.stderr.write("annexd-shell: %s\n" % (e,))

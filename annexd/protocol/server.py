@@ -156,6 +156,9 @@ class P2PServer:
 
     async def _bypass(self, msg):
         self.bypass = msg.uuids
+        setBypass = getattr(self.repository, "setBypass", None)
+        if setBypass is not None:
+            setBypass(msg.uuids)
 
     async def _checkPresent(self, msg):
         present = await self.repository.checkPresent(msg.key)
