@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from annexd.clock import monotonicSeconds
+from annexd.router.spool import Spool, SpoolReader, SpoolRefused
 from annexd.interfaces import (
     IDownload, IRepository, IUpload, Outcome, ProtocolNotSupported,
     RepositoryError, RepositoryUnavailable)
@@ -107,16 +108,27 @@ class Cluster:
     _log = Logger()
 
     def __init__(self, uuid, nodes, policy=None, clock=monotonicSeconds,
-                 name=None, gatewayUUID=None):
+                 name=None, gatewayUUID=None, reactor=None,
+                 spoolDirectory=None, diskReserve=100000000, lagSeconds=2.0):
         """
         @param gatewayUUID: this gateway's uuid: other gateways are always
             told to bypass it, and a node reached through it is skipped.
+        @param reactor: an L{IReactorTime}; with C{spoolDirectory}, a node
+            that alone holds an upload back for C{lagSeconds} is fed from
+            one spool file there (kept only while C{diskReserve} bytes stay
+            free).  Without them uploads never spool.
         """
         self.uuid = uuid
         self.name = name or uuid.decode("ascii", "replace")
         self.policy = policy or WantsEverything()
         self.clock = clock
         self.gatewayUUID = gatewayUUID
+        self.reactor = reactor
+        self.spoolDirectory = spoolDirectory
+        self.diskReserve = diskReserve
+        self.lagSeconds = lagSeconds
+        #: how many spool files uploads through this cluster have made
+        self.spoolsMade = 0
         self._allNodes = sorted(nodes, key=lambda n: n.cost)
         self.setBypass(())
 
@@ -370,6 +382,7 @@ class _Branch:
         self.sink = sink
         self.skip = skip
         self.failed = None
+        self.reader = None
 
 
 @implementer(IConsumer)
@@ -377,25 +390,47 @@ class TeeConsumer:
     """
     Writes one stream into several node sinks, each from its own offset.
 
-    The producer registered here is paused while any live node is paused,
-    and resumed when none is.  A node whose sink fails is dropped; the
+    The producer registered here is paused while any coupled node is
+    paused, and resumed when none is: the slowest node paces the stream.
+    When one node alone has held the stream back for C{lagSeconds}, it is
+    decoupled: the stream goes on for the others, and that node is fed from
+    the upload's one L{Spool} file at its own pace (see
+    L{annexd.router.spool}).  A node whose sink fails is dropped; the
     stream goes on for the others.
 
     @ivar done: fires with the length once every byte has been written.
+    @ivar spool: the upload's L{Spool}, once one was needed.
     """
 
-    def __init__(self, branches, length):
+    _log = Logger()
+
+    def __init__(self, branches, length, spooler=None, reactor=None,
+                 lagSeconds=2.0):
+        """
+        @param spooler: C{spooler(start, remaining) -> Spool}, or L{None}
+            never to spool.
+        @param reactor: an L{IReactorTime} for the lag bound.
+        """
         self._branches = branches
         self.length = length
         self.written = 0
         self.done = defer.Deferred()
+        self.spool = None
         self._producer = None
         self._paused = set()
+        self._spooler = spooler if reactor is not None else None
+        self._reactor = reactor
+        self._lagSeconds = lagSeconds
+        self._lagTimer = None
+        self._laggard = None
         if length == 0:
             self.done.callback(0)
 
     def live(self):
         return [b for b in self._branches if b.failed is None]
+
+    def _coupled(self):
+        return [b for b in self._branches if b.failed is None and b.reader is None]
 
     def registerProducer(self, producer, streaming):
         if not streaming:
@@ -406,14 +441,16 @@ class TeeConsumer:
 
     def unregisterProducer(self):
         self._producer = None
-        for branch in self._branches:
-            if branch.failed is None:
-                branch.sink.unregisterProducer()
+        self._cancelLag()
+        for branch in self._coupled():
+            branch.sink.unregisterProducer()
 
     def write(self, data):
         start = self.written
         self.written += len(data)
-        for branch in self.live():
+        if self.spool is not None:
+            self.spool.append(data)
+        for branch in self._coupled():
             part = data
             if branch.skip > start:
                 part = data[branch.skip - start:]
@@ -424,28 +461,93 @@ class TeeConsumer:
             except Exception as e:
                 self._lost(branch, str(e))
         if self.written >= self.length and not self.done.called:
+            if self.spool is not None:
+                self.spool.finish()
             self.done.callback(self.length)
 
     def _pause(self, branch):
         if branch.failed is not None:
             return
+        if branch.reader is not None:
+            branch.reader.pauseProducing()
+            return
         first = not self._paused
         self._paused.add(branch)
         if first and self._producer is not None:
             self._producer.pauseProducing()
+        self._checkLag()
 
     def _resume(self, branch):
+        if branch.reader is not None and branch.failed is None:
+            branch.reader.resumeProducing()
+            return
         if branch not in self._paused:
             return
         self._paused.discard(branch)
         if not self._paused and self._producer is not None:
             self._producer.resumeProducing()
+        self._checkLag()
 
     def _lost(self, branch, why):
         if branch.failed is None:
             branch.failed = why
+            if branch.reader is not None:
+                branch.reader.stopProducing(why)
             branch.upload.abort(why)
-        self._resume(branch)
+        self._paused.discard(branch)
+        if not self._paused and self._producer is not None:
+            self._producer.resumeProducing()
+        self._checkLag()
+
+    # -- decoupling a laggard ---------------------------------------------
+
+    def _cancelLag(self):
+        if self._lagTimer is not None and self._lagTimer.active():
+            self._lagTimer.cancel()
+        self._lagTimer = None
+        self._laggard = None
+
+    def _checkLag(self):
+        """
+        (Re)arm the lag timer when exactly one node holds the stream back
+        while others could go on.
+        """
+        laggard = None
+        if (self._spooler is not None and self._producer is not None
+                and len(self._paused) == 1 and len(self._coupled()) > 1):
+            laggard = next(iter(self._paused))
+        if laggard is self._laggard:
+            return
+        self._cancelLag()
+        if laggard is not None:
+            self._laggard = laggard
+            self._lagTimer = self._reactor.callLater(
+                self._lagSeconds, self._decouple, laggard)
+
+    def _decouple(self, branch):
+        self._lagTimer = None
+        self._laggard = None
+        if self._paused != {branch} or branch.failed is not None:
+            return
+        if self.spool is None:
+            try:
+                self.spool = self._spooler(self.written, self.length - self.written)
+            except SpoolRefused as e:
+                self._log.warn("node {node} lags, but: {why}",
+                               node=branch.node.name, why=str(e))
+                self._spooler = None
+                return
+        self._log.info("node {node} lags: feeding it from the spool",
+                       node=branch.node.name)
+        reader = SpoolReader(self.spool, branch.sink, self.written,
+                             branch.skip, self.length)
+        reader.pauseProducing()
+        branch.reader = reader
+        reader.drained.addErrback(
+            lambda f: self._lost(branch, f.getErrorMessage()))
+        self._paused.discard(branch)
+        if not self._paused and self._producer is not None:
+            self._producer.resumeProducing()
 
 
 @implementer(IUpload)
@@ -473,7 +575,9 @@ class _ClusterUpload:
                 continue
             branches.append(_Branch(node, upload, sink,
                                     upload.offset - self.offset))
-        self._tee = TeeConsumer(branches, length)
+        self._tee = TeeConsumer(branches, length, self._spooler(),
+                                self._cluster.reactor,
+                                self._cluster.lagSeconds)
         for branch in branches:
             # A sink that fails drops its node from the tee (even if its
             # transport never stopped the producer); the failure itself is
@@ -482,6 +586,18 @@ class _ClusterUpload:
                 lambda f, b=branch: self._tee._lost(b, f.getErrorMessage()))
         return self._tee
 
+    def _spooler(self):
+        cluster = self._cluster
+        if cluster.reactor is None or cluster.spoolDirectory is None:
+            return None
+
+        def spool(start, remaining):
+            made = Spool(cluster.spoolDirectory, start, remaining,
+                         cluster.diskReserve)
+            cluster.spoolsMade += 1
+            return made
+        return spool
+
     def finish(self, valid):
         return defer.Deferred.fromCoroutine(self._finish(valid))
 
@@ -489,6 +605,13 @@ class _ClusterUpload:
         if self._tee is None:
             branches = [_Branch(n, u, None, 0) for n, u in self._uploads]
         else:
+            # Nodes fed from the spool first get the rest of the content.
+            for branch in self._tee.live():
+                if branch.reader is not None:
+                    try:
+                        await branch.reader.drained
+                    except Exception:
+                        pass
             branches = self._tee.live()
         results = await _settle([defer.maybeDeferred(b.upload.finish, valid)
                                  for b in branches])
@@ -515,5 +638,11 @@ class _ClusterUpload:
         return self._collect(branches, results, "DATA-PRESENT")
 
     def abort(self, reason):
+        if self._tee is not None:
+            for branch in self._tee.live():
+                if branch.reader is not None:
+                    branch.reader.stopProducing(reason)
+            if self._tee.spool is not None:
+                self._tee.spool.close()
         for _, upload in self._uploads:
             upload.abort(reason)

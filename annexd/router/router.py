@@ -15,6 +15,8 @@ answers with:
 Every answer is an L{IRepository}; front-ends meet nothing else.
 """
 
+import os
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -124,4 +126,6 @@ class Router:
                     self._connector(remote, info.uuid, bypass=(state.uuid,)),
                     via=remote.uuid))
         return Cluster(info.uuid, nodes, self.policy, name=info.name,
-                       gatewayUUID=state.uuid)
+                       gatewayUUID=state.uuid, reactor=self.reactor,
+                       spoolDirectory=os.path.join(state.gitDir, "annex", "tmp"),
+                       diskReserve=state.diskReserve)
