@@ -537,7 +537,7 @@ class TeeConsumer:
                                node=branch.node.name, why=str(e))
                 self._spooler = None
                 return
-        self._log.info("node {node} lags: feeding it from the spool",
+        self._log.warn("node {node} lags: feeding it from the spool",
                        node=branch.node.name)
         reader = SpoolReader(self.spool, branch.sink, self.written,
                              branch.skip, self.length)
