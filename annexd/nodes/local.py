@@ -50,8 +50,6 @@ class LocalNode(SessionPool):
             self._environment = childEnvironment(self._gitAnnex.env)
         else:
             self._environment = dict(environment, **self._gitAnnex.env)
-        #: the P2PProcessProtocol of every running session
-        self.processes = []
 
     def _openSession(self):
         executable, args = self._gitAnnex.argv(
@@ -64,15 +62,6 @@ class LocalNode(SessionPool):
         except OSError as e:
             return defer.fail(RepositoryUnavailable(
                 "cannot start git-annex-shell for %s: %s" % (self.name, e)))
-        self.processes.append(bridge)
-        bridge.ended.addBoth(lambda _: self.processes.remove(bridge))
+        self._spawned(bridge)
         client = P2PClient(bridge.connection, self.uuid)
         return client.handshake(self.version, self.bypass)
-
-    def close(self):
-        """
-        Close every session and wait for every git-annex-shell to exit.
-        """
-        running = [bridge.ended for bridge in self.processes]
-        return SessionPool.close(self).addCallback(
-            lambda _: defer.DeferredList(running))

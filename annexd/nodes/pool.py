@@ -36,6 +36,15 @@ class SessionPool:
         self._idle = []
         self._open = set()
         self._closed = False
+        #: the child processes (L{P2PProcessProtocol}) of running sessions
+        self.processes = []
+
+    def _spawned(self, bridge):
+        """
+        Track a session's child process until it exits.
+        """
+        self.processes.append(bridge)
+        bridge.ended.addBoth(lambda _: self.processes.remove(bridge))
 
     async def _checkout(self):
         if self._closed:
@@ -116,8 +125,10 @@ class SessionPool:
         """
         Close every session; later requests fail.
 
-        @return: a Deferred firing when every open session has ended.
+        @return: a Deferred firing when every open session has ended and
+            every child process has exited.
         """
+        running = [bridge.ended for bridge in self.processes]
         self._closed = True
         idle, self._idle = self._idle, []
         waits = [s.close() for s in idle]
@@ -126,4 +137,4 @@ class SessionPool:
         for s in list(self._open):
             waits.append(s.connection.whenClosed())
             s.close()
-        return defer.DeferredList(waits)
+        return defer.DeferredList(waits + running)

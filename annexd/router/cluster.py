@@ -527,7 +527,8 @@ class TeeConsumer:
     def _decouple(self, branch):
         self._lagTimer = None
         self._laggard = None
-        if self._paused != {branch} or branch.failed is not None:
+        if (self._paused != {branch} or branch.failed is not None
+                or self.written >= self.length):
             return
         if self.spool is None:
             try:
@@ -639,6 +640,8 @@ class _ClusterUpload:
 
     def abort(self, reason):
         if self._tee is not None:
+            self._tee._cancelLag()
+            self._tee._spooler = None
             for branch in self._tee.live():
                 if branch.reader is not None:
                     branch.reader.stopProducing(reason)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
+from annexd.nodes.ssh import SshNode, parseSshUrl
 from annexd.router.cluster import Cluster, ClusterNode
 
 
@@ -104,6 +105,11 @@ class Router:
         if path is not None:
             return self._local(path, uuid, self.state.uuid, remote.name,
                                bypass)
+        if remote.url and parseSshUrl(remote.url) is not None:
+            return SshNode(self.reactor, remote.url, uuid, self.state.uuid,
+                           maxSessions=self.state.jobs, name=remote.name,
+                           sshOptions=remote.sshOptions, shell=remote.shell,
+                           bypass=bypass, environment=self.environment)
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
 

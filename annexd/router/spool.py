@@ -59,7 +59,11 @@ class Spool:
                 "spooling %d bytes in %s would leave less than "
                 "annex.diskreserve (%d bytes) free" % (
                     remaining, directory, diskReserve))
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="annexd-spool-")
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory,
+                                                prefix="annexd-spool-")
+        except OSError as e:
+            raise SpoolRefused("cannot spool in %s: %s" % (directory, e))
         self._fd = self._file.fileno()
         self.start = start
         self.end = start
@@ -83,6 +87,8 @@ class Spool:
         self.finished = True
         for reader in list(self._readers):
             reader.more()
+        if not self._readers:
+            self.close()
 
     def read(self, position, size):
         """
@@ -155,7 +161,11 @@ class SpoolReader:
                 if not chunk:
                     break
                 self.position += len(chunk)
-                self._sink.write(chunk)
+                try:
+                    self._sink.write(chunk)
+                except Exception as e:
+                    self.stopProducing("the node failed: %s" % (e,))
+                    return
             if self.position >= self._total and self._spool.finished:
                 self._spool.detach(self)
                 self._sink.unregisterProducer()
