@@ -25,6 +25,7 @@ from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
 from annexd.nodes.ssh import SshNode, parseSshUrl
 from annexd.router.cluster import Cluster, ClusterNode
+from annexd.router.policy import PreferredContentPolicy
 
 
 class UnknownTarget(Exception):
@@ -69,7 +70,7 @@ class Router:
         self.reactor = reactor
         self.state = state
         self.environment = environment
-        self.policy = policy
+        self.policy = policy or PreferredContentPolicy(state)
         self.gitAnnex = gitAnnex
 
     def resolve(self, target, clientUUID):
