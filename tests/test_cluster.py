@@ -28,9 +28,9 @@ from annexd.interfaces import (
     RepositoryError, RepositoryUnavailable)
 from annexd.protocol.client import P2PClient
 from annexd.protocol.framing import P2PConnection
-from annexd.protocol.server import P2PServer
 from annexd.router.cluster import (
     Cluster, ClusterNode, IWantsPolicy, TeeConsumer, WantsEverything)
+from tests.support.wire import Session
 from tests.support.memory import MemoryRepository, keyFor
 
 CLUSTER_UUID = b"c1c1c1c1-0000-4000-8000-cccccccccccc"
@@ -118,35 +118,6 @@ class CollectingConsumer:
 
     def write(self, data):
         self.data += data
-
-
-class Session:
-    """
-    A L{P2PServer} session in front of a repository, driven by a scripted
-    client.
-    """
-
-    def __init__(self, repository):
-        self.transport = StringTransport()
-        self.connection = P2PConnection("test client")
-        self.connection.makeConnection(self.transport)
-        self.server = P2PServer(self.connection, repository)
-        self.served = self.server.serve()
-
-    def received(self):
-        """
-        What the server wrote since the last call.
-        """
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def send(self, data):
-        """
-        Feed C{data} from the client; return what the server wrote.
-        """
-        self.connection.dataReceived(data)
-        return self.received()
 
 
 class ClusterTestsMixin:

@@ -618,7 +618,6 @@ class GatewayTwinTests(unittest.TestCase):
         checked = Content.small("checked.bin", os.urandom(4096))
         fast = Content.small("fast.bin", os.urandom(4096))
         node1 = ("node1",)
-        cluster1 = ("mycluster", "node1")
 
         def scenario(side):
             side.add([checked, fast])

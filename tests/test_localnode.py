@@ -9,7 +9,7 @@ git-annex stores it), not only by what the connector reports.
 import hashlib
 import os
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 

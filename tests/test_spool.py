@@ -20,16 +20,14 @@ import shutil
 from hypothesis import given, settings, strategies as st
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from annexd.interfaces import Outcome, RepositoryUnavailable
-from annexd.protocol.framing import P2PConnection
-from annexd.protocol.server import P2PServer
 from annexd.router import spool as spoolModule
 from annexd.router.cluster import Cluster, ClusterNode
 from annexd.router.spool import Spool, SpoolReader, SpoolRefused
+from tests.support.wire import Session
 from tests.support.memory import MemoryRepository, keyFor
 
 CLUSTER_UUID = b"c1c1c1c1-0000-4000-8000-cccccccccccc"
@@ -132,32 +130,6 @@ class StubReader:
 
     def more(self):
         self.told += 1
-
-
-class Session:
-    """
-    A L{P2PServer} session in front of a repository, driven by a scripted
-    client.
-    """
-
-    def __init__(self, repository):
-        self.transport = StringTransport()
-        self.connection = P2PConnection("test client")
-        self.connection.makeConnection(self.transport)
-        self.server = P2PServer(self.connection, repository)
-        self.served = self.server.serve()
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def send(self, data):
-        self.connection.dataReceived(data)
-        return self.received()
-
-
-# -- Spool --------------------------------------------------------------------
 
 
 class SpoolTests(unittest.SynchronousTestCase):

@@ -28,11 +28,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from annexd.protocol.messages import (
-    MAX_LINE_LENGTH, Data, Message, UnparseableMessage, parseLine)
+    MAX_LINE_LENGTH, Data, UnparseableMessage, parseLine)
 
 
 class ProtocolError(Exception):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from annexd.clock import monotonicSeconds
 from annexd.router.spool import Spool, SpoolReader, SpoolRefused
