@@ -200,7 +200,7 @@ def _serveP2P(state, settings, target, clientUUID):
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
 
-    from annexd.annex.location import LocationLog, commitJournal
+    from annexd.annex.location import commitJournal
     from annexd.protocol.framing import P2PConnection
     from annexd.protocol.server import P2PServer, ServerMode
     from annexd.router.recording import RecordingRepository
@@ -211,8 +211,8 @@ def _serveP2P(state, settings, target, clientUUID):
         repository = router.resolve(target, clientUUID)
     except UnknownTarget as e:
         raise Refused(str(e))
-    locations = LocationLog(state.gitDir)
-    served = RecordingRepository(repository, locations.record, state.uuid)
+    served = RecordingRepository(repository, router.locations.record,
+                                 state.uuid)
     connection = P2PConnection("client")
     StandardIO(connection, reactor=reactor)
     server = P2PServer(connection, served, ServerMode(settings.mode),

@@ -109,7 +109,8 @@ class Cluster:
 
     def __init__(self, uuid, nodes, policy=None, clock=monotonicSeconds,
                  name=None, gatewayUUID=None, reactor=None,
-                 spoolDirectory=None, diskReserve=100000000, lagSeconds=2.0):
+                 spoolDirectory=None, diskReserve=100000000, lagSeconds=2.0,
+                 locations=None):
         """
         @param gatewayUUID: this gateway's uuid: other gateways are always
             told to bypass it, and a node reached through it is skipped.
@@ -117,6 +118,8 @@ class Cluster:
             that alone holds an upload back for C{lagSeconds} is fed from
             one spool file there (kept only while C{diskReserve} bytes stay
             free).  Without them uploads never spool.
+        @param locations: C{locations(key) -> set of uuids} the gateway's
+            location log shows with the content, or L{None}.
         """
         self.uuid = uuid
         self.name = name or uuid.decode("ascii", "replace")
@@ -127,6 +130,7 @@ class Cluster:
         self.spoolDirectory = spoolDirectory
         self.diskReserve = diskReserve
         self.lagSeconds = lagSeconds
+        self.locations = locations
         #: how many spool files uploads through this cluster have made
         self.spoolsMade = 0
         self._allNodes = sorted(nodes, key=lambda n: n.cost)
@@ -285,11 +289,21 @@ class Cluster:
     def put(self, key, associatedFile):
         return self._run(self._put(key, associatedFile))
 
-    async def _put(self, key, associatedFile):
-        targets = [n for n in self.nodes
+    def targets(self, key, associatedFile):
+        """
+        The nodes a PUT of C{key} goes to, chosen as git-annex's gateway
+        chooses them: the nodes the gateway's location log does not show
+        with the key that want it; failing that, every node without it;
+        failing that, every node.
+        """
+        logged = self.locations(key) if self.locations is not None else set()
+        lacking = [n for n in self.nodes if n.uuid not in logged]
+        wanting = [n for n in lacking
                    if self.policy.wants(n, key, associatedFile)]
-        if not targets:
-            targets = list(self.nodes)
+        return wanting or lacking or list(self.nodes)
+
+    async def _put(self, key, associatedFile):
+        targets = self.targets(key, associatedFile)
         if not targets:
             raise RepositoryError("%s has no nodes" % (self.name,))
         results = await _settle([defer.maybeDeferred(

@@ -24,8 +24,13 @@ class PreferredContentPolicy:
 
     _log = Logger()
 
-    def __init__(self, state):
+    def __init__(self, state, locations=None):
+        """
+        @param locations: the gateway's L{LocationLog}, for the terms that
+            look at where content is.
+        """
         self.state = state
+        self.locations = locations
         self._warned = set()
 
     def expression(self, uuid):

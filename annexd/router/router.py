@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from annexd.annex.location import LocationLog
 from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
 from annexd.nodes.ssh import SshNode, parseSshUrl
@@ -70,8 +71,9 @@ class Router:
         self.reactor = reactor
         self.state = state
         self.environment = environment
-        self.policy = policy or PreferredContentPolicy(state)
         self.gitAnnex = gitAnnex
+        self.locations = LocationLog(state.gitDir)
+        self.policy = policy or PreferredContentPolicy(state, self.locations)
 
     def resolve(self, target, clientUUID):
         """
@@ -135,4 +137,5 @@ class Router:
         return Cluster(info.uuid, nodes, self.policy, name=info.name,
                        gatewayUUID=state.uuid, reactor=self.reactor,
                        spoolDirectory=os.path.join(state.gitDir, "annex", "tmp"),
-                       diskReserve=state.diskReserve)
+                       diskReserve=state.diskReserve,
+                       locations=lambda key: self.locations.presentSync(key.raw))
