@@ -211,8 +211,7 @@ def _serveP2P(state, settings, target, clientUUID):
         repository = router.resolve(target, clientUUID)
     except UnknownTarget as e:
         raise Refused(str(e))
-    served = RecordingRepository(repository, router.locations.record,
-                                 state.uuid)
+    served = RecordingRepository(repository, router.record, state.uuid)
     connection = P2PConnection("client")
     StandardIO(connection, reactor=reactor)
     server = P2PServer(connection, served, ServerMode(settings.mode),

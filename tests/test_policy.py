@@ -9,9 +9,12 @@ import sys
 from twisted.trial import unittest
 
 from annexd.annex.state import GatewayState
+from annexd.protocol.keys import Key
 from annexd.router.cluster import ClusterNode
 from annexd.router.policy import PreferredContentPolicy
 from tests.support.annex import cluster_for
+
+KEY = Key.parse(b"SHA256E-s5--" + b"a" * 64 + b".txt")
 
 FORCED = {"FAKESSH_FORCED_COMMAND": "%s -m annexd.shell" % (sys.executable,)}
 
@@ -40,7 +43,7 @@ class PolicyTests(unittest.TestCase):
         Nodes without preferred content want everything.
         """
         policy = self.policy()
-        self.assertTrue(all(policy.wants(self.node(i), None, b"a.txt")
+        self.assertTrue(all(policy.wants(self.node(i), KEY, b"a.txt")
                             for i in range(3)))
 
     def test_anythingAndNothing(self):
@@ -54,8 +57,18 @@ class PolicyTests(unittest.TestCase):
         self.env.annex(self.gw, "groupwanted", "archive", "nothing")
         self.env.annex(self.gw, "wanted", "node3", "groupwanted")
         policy = self.policy()
-        self.assertEqual([policy.wants(self.node(i), None, b"a") for i in range(3)],
+        self.assertEqual([policy.wants(self.node(i), KEY, b"a") for i in range(3)],
                          [True, False, False])
+
+    def test_expressionOnFile(self):
+        """
+        A real expression is evaluated with the client's associated file.
+        """
+        self.env.annex(self.gw, "wanted", "node1", "include=*.iso")
+        policy = self.policy()
+        self.assertTrue(policy.wants(self.node(0), KEY, b"disk.iso"))
+        self.assertFalse(policy.wants(self.node(0), KEY, b"notes.txt"))
+        self.assertTrue(policy.wants(self.node(1), KEY, b"notes.txt"))
 
     def test_uploadSkipsNodeWantingNothing(self):
         """

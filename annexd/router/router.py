@@ -75,6 +75,20 @@ class Router:
         self.locations = LocationLog(state.gitDir)
         self.policy = policy or PreferredContentPolicy(state, self.locations)
 
+    def record(self, key, uuid, present):
+        """
+        Record in the gateway's location log that C{uuid} gained
+        (C{present}) or lost the content of C{key} (raw bytes), and keep
+        the repository sizes live.
+
+        @return: whether the log changed.
+        """
+        changed = self.locations.record(key, uuid, present)
+        sizes = getattr(self.policy, "sizes", None)
+        if sizes is not None:
+            sizes.apply(key, uuid, present)
+        return changed
+
     def resolve(self, target, clientUUID):
         """
         @param target: the uuid the client asked for (L{bytes}), or
