@@ -30,7 +30,8 @@ from collections.abc import Mapping
 
 from annexd.annex import logs
 from annexd.annex.branch import (
-    BRANCH_REF, _gitExecutable, branchFileName, cutTornAppend)
+    BRANCH_REF, _gitExecutable, branchFileName, cutTornAppend,
+    journalFileName)
 
 __all__ = ["RepoSizes", "isLocationLogPath", "keyFromLogPath", "keySize"]
 
@@ -132,6 +133,7 @@ class RepoSizes(Mapping):
         self._reserved = {}
         self._reservedKeys = {}
         self._lock = threading.Lock()
+        self._origin = None
 
     # -------------------------------------------------------------- sweep
 
@@ -174,6 +176,7 @@ class RepoSizes(Mapping):
                 if isLocationLogPath(path) or path == b"uuid.log":
                     journal[path] = journal.get(path, b"") + data
 
+        commit = _branchCommit(_gitExecutable(env), gitDir, env)
         sizes = {}
         holders = {}
         described = set()
@@ -207,7 +210,65 @@ class RepoSizes(Mapping):
                 handle(path, b"")
         for uuid in described:
             sizes.setdefault(uuid, 0)
-        return cls(sizes, holders, trackKeys)
+        result = cls(sizes, holders, trackKeys)
+        result._origin = (gitDir, env, commit, journalDirs)
+        return result
+
+    def reload(self):
+        """
+        Bring the sizes up to date with the git-annex branch after it
+        changed (a commit, a merge): only the location logs the commits
+        changed are read, so this costs what the change costs, not what the
+        repository holds.  Needs a L{RepoSizes} made by
+        L{fromLocationLogs} with C{trackKeys}.
+
+        @return: how many location logs were read.
+        """
+        if self._origin is None:
+            raise ValueError("only swept sizes can be reloaded")
+        gitDir, env, old, journalDirs = self._origin
+        git = _gitExecutable(env)
+        new = _branchCommit(git, gitDir, env)
+        if new == old or new is None:
+            return 0
+        if old is None:
+            changed = None
+        else:
+            diff = _run(git, gitDir, env, "diff-tree", "-r", "-z",
+                        "--no-renames", "--name-only", old.decode(),
+                        new.decode())
+            changed = [p for p in diff.stdout.split(b"\0")
+                       if isLocationLogPath(p)]
+        if changed is None or not self._trackKeys:
+            fresh = RepoSizes.fromLocationLogs(gitDir, env=env,
+                                               trackKeys=self._trackKeys)
+            with self._lock:
+                self._sizes = fresh._sizes
+                self._index, self._uuids = fresh._index, fresh._uuids
+                self._holders = fresh._holders
+            self._origin = fresh._origin
+            return -1
+        contents = _readBlobs(git, gitDir, env, new, changed)
+        for path in changed:
+            data = contents.get(path, b"")
+            journalName = journalFileName(os.fsdecode(path))
+            for directory in journalDirs:
+                try:
+                    with open(os.path.join(directory, journalName), "rb") as f:
+                        data += cutTornAppend(f.read())
+                except OSError:
+                    pass
+            entries = logs.parsePresenceLog(data)
+            now = {u for u, (clock, status) in entries.items()
+                   if status == logs.PRESENT and not logs.isClusterUUID(u)}
+            key = keyFromLogPath(path)
+            before = set(self.holders(key))
+            for uuid in before - now:
+                self.apply(key, uuid, False)
+            for uuid in now - before:
+                self.apply(key, uuid, True)
+        self._origin = (gitDir, env, new, journalDirs)
+        return len(changed)
 
     # ------------------------------------------------------------ mapping
 
@@ -477,3 +538,33 @@ def _branchLogs(git, gitDir, env):
         raise failure[0]
     if lsTree.returncode != 0:
         raise RuntimeError("git ls-tree failed (%s)" % (lsTree.returncode,))
+
+
+def _branchCommit(git, gitDir, env):
+    result = _run(git, gitDir, env, "rev-parse", "--verify", "--quiet",
+                  BRANCH_REF.decode("ascii"))
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _readBlobs(git, gitDir, env, commit, paths):
+    """
+    {path: content} of C{paths} at C{commit} (missing ones left out), with
+    one C{git cat-file --batch}.
+    """
+    request = b"".join(commit + b":" + path + b"\n" for path in paths)
+    result = subprocess.run([git, "--git-dir=" + gitDir, "cat-file", "--batch"],
+                            input=request, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    out = result.stdout
+    contents = {}
+    pos = 0
+    for path in paths:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if len(header) != 3:
+            continue
+        size = int(header[2])
+        contents[path] = out[pos:pos + size]
+        pos += size + 1
+    return contents
