@@ -61,3 +61,37 @@ class WatcherTests(unittest.TestCase):
                              "remote.node1.annex-cost", "50")
         self.clock.advance(1)
         self.assertEqual(self.changes, [1])
+
+
+class RouterReloadTests(unittest.TestCase):
+    """
+    A router reloads its state when the watcher says it changed.
+    """
+
+    def test_newExpressionSeen(self):
+        """
+        After 'git annex wanted node2 nothing' in the gateway, a router
+        wired to a watcher stops sending node2 uploads, without a restart.
+        """
+        from twisted.internet import reactor
+
+        from annexd.annex.state import GatewayState
+        from annexd.protocol.keys import Key
+        from annexd.router.router import Router
+
+        cluster = cluster_for(self, nodes=2)
+        router = Router(reactor, GatewayState.load(cluster.gateway.path))
+        clock = Clock()
+        watcher = StateWatcher(clock, router.state.gitDir, router.reloadState)
+        watcher.start()
+        self.addCleanup(watcher.stop)
+        target = router.resolve(cluster.cluster_uuid.encode(), b"client")
+        self.addCleanup(target.close)
+        key = Key.parse(b"SHA256E-s1--" + b"b" * 64 + b".txt")
+        self.assertEqual(len(target.targets(key, b"x.txt")), 2)
+        cluster.env.annex(cluster.gateway.path, "wanted", "node2", "nothing")
+        clock.advance(1)
+        fresh = router.resolve(cluster.cluster_uuid.encode(), b"client")
+        self.addCleanup(fresh.close)
+        self.assertEqual([n.name for n in fresh.targets(key, b"x.txt")],
+                         ["node1"])

@@ -75,6 +75,20 @@ class Router:
         self.locations = LocationLog(state.gitDir)
         self.policy = policy or PreferredContentPolicy(state, self.locations)
 
+    def reloadState(self):
+        """
+        Re-read the gateway's state after it changed (see
+        L{annexd.annex.watch.StateWatcher}): sessions started from now on
+        see the new configuration and logs; repository sizes catch up with
+        the branch by reading only what changed.
+        """
+        from annexd.annex.state import GatewayState
+        self.state = GatewayState.load(self.state.path)
+        self.policy.state = self.state
+        sizes = getattr(self.policy, "sizes", None)
+        if sizes is not None and getattr(sizes, "loaded", False):
+            sizes.sizes.reload()
+
     def record(self, key, uuid, present):
         """
         Record in the gateway's location log that C{uuid} gained
