@@ -242,9 +242,11 @@ class SpoolTests(unittest.SynchronousTestCase):
         refused with L{SpoolRefused}, and no file is made.
         """
         os.makedirs(self.directory)
-        free = shutil.disk_usage(self.directory).free
+        # More than the disk holds: other tests freeing space meanwhile
+        # cannot make it fit.
+        reserve = shutil.disk_usage(self.directory).total + 1
         e = self.assertRaises(SpoolRefused, Spool, self.directory, 0, 1,
-                              free + 1)
+                              reserve)
         self.assertIn("annex.diskreserve", str(e))
         self.assertEqual(os.listdir(self.directory), [])
 
@@ -799,8 +801,8 @@ class RefusedSpoolTests(ClusterSpoolTestsMixin, unittest.SynchronousTestCase):
         stays paused until the node resumes, and the upload completes.
         Later laggards of the upload are not tried again.
         """
-        free = shutil.disk_usage(self.spoolDirectory).free
-        repos, cluster = self.makeCluster(diskReserve=free + 1)
+        reserve = shutil.disk_usage(self.spoolDirectory).total + 1
+        repos, cluster = self.makeCluster(diskReserve=reserve)
         self.assertNoSpoolPacedByNode2(cluster, repos)
 
     def test_unusableDirectory(self):
