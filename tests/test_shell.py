@@ -156,3 +156,17 @@ class CommandLineTests(unittest.TestCase):
         self.assertEqual(shell.expandDirectory("/~/x", "/home/u"), "/home/u/x")
         self.assertEqual(shell.expandDirectory("x/y", "/home/u"), "/home/u/x/y")
         self.assertEqual(shell.expandDirectory("/abs", "/home/u"), "/abs")
+
+
+class ConfigFileTests(unittest.TestCase):
+    """
+    The shipped configuration example is what annexd-shell reads.
+    """
+
+    def test_example(self):
+        """
+        etc/annexd.conf.example parses into its repository list and flags.
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(here, "etc", "annexd.conf.example")
+        self.assertEqual(shell.loadConfig(path), (["/srv/gw.git"], False, False))
