@@ -13,6 +13,7 @@ C{GIT_ANNEX_USE_GIT_SSH=1}.  Sessions are pooled like local ones.
 
 import os
 import shlex
+import shutil
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -111,7 +112,8 @@ class SshNode(SessionPool):
         executable, args = sshArgv(self.host, self.port, self.sshOptions,
                                    command, self._environment)
         if executable == "ssh":
-            executable = _which("ssh", self._environment) or "/usr/bin/ssh"
+            executable = shutil.which(
+                "ssh", path=self._environment.get("PATH")) or "/usr/bin/ssh"
         try:
             bridge = spawnP2P(self.reactor, executable, args,
                               self._environment, peer="node %s" % (self.name,))
@@ -122,10 +124,3 @@ class SshNode(SessionPool):
         client = P2PClient(bridge.connection, self.uuid)
         return client.handshake(self.version, self.bypass)
 
-
-def _which(program, environ):
-    for directory in environ.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory, program)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
