@@ -73,7 +73,7 @@ class WantsISOOnNode2:
     def __init__(self):
         self.asked = []
 
-    def wants(self, node, key, associatedFile):
+    def wants(self, node, key, associatedFile, present=None):
         self.asked.append((node.name, associatedFile))
         return node.name == "node2" and (associatedFile or b"").endswith(
             b".iso")

@@ -9,13 +9,10 @@ stays in charge of the node's object store, its locking, its verification
 and its location log.
 """
 
-from twisted.internet import defer
 
 from annexd import gitannex
-from annexd.interfaces import RepositoryUnavailable
 from annexd.nodes.pool import SessionPool
-from annexd.nodes.process import childEnvironment, spawnP2P
-from annexd.protocol.client import P2PClient
+from annexd.nodes.process import childEnvironment
 from annexd.protocol.messages import MAX_PROTOCOL_VERSION
 
 
@@ -55,13 +52,6 @@ class LocalNode(SessionPool):
         executable, args = self._gitAnnex.argv(
             "git-annex-shell", "p2pstdio", self.path, _text(self.clientUUID),
             "--uuid", _text(self.uuid))
-        try:
-            bridge = spawnP2P(self.reactor, executable, args,
-                              self._environment,
-                              path=None, peer="node %s" % (self.name,))
-        except OSError as e:
-            return defer.fail(RepositoryUnavailable(
-                "cannot start git-annex-shell for %s: %s" % (self.name, e)))
-        self._spawned(bridge)
-        client = P2PClient(bridge.connection, self.uuid)
-        return client.handshake(self.version, self.bypass)
+        return self._childSession(self.reactor, executable, args,
+                                  self._environment, "git-annex-shell",
+                                  self.version, self.bypass)

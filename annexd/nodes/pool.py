@@ -15,6 +15,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from annexd.interfaces import IRepository, RepositoryUnavailable
+from annexd.nodes.process import spawnP2P
+from annexd.protocol.client import P2PClient
 
 
 @implementer(IRepository)
@@ -39,12 +41,25 @@ class SessionPool:
         #: the child processes (L{P2PProcessProtocol}) of running sessions
         self.processes = []
 
-    def _spawned(self, bridge):
+    def _childSession(self, reactor, executable, args, environment, what,
+                      version, bypass):
         """
-        Track a session's child process until it exits.
+        Start a child process that speaks P2P on its stdio (see
+        L{annexd.nodes.process}), track it until it exits, and open a
+        client session over it.
+
+        @param what: the program, for the error when it cannot start.
+        @return: a Deferred firing with the ready L{P2PClient}.
         """
+        try:
+            bridge = spawnP2P(reactor, executable, args, environment,
+                              peer="node %s" % (self.name,))
+        except OSError as e:
+            return defer.fail(RepositoryUnavailable(
+                "cannot start %s for %s: %s" % (what, self.name, e)))
         self.processes.append(bridge)
         bridge.ended.addBoth(lambda _: self.processes.remove(bridge))
+        return P2PClient(bridge.connection, self.uuid).handshake(version, bypass)
 
     async def _checkout(self):
         if self._closed:

@@ -16,12 +16,9 @@ import shlex
 import shutil
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
 
-from annexd.interfaces import RepositoryUnavailable
 from annexd.nodes.pool import SessionPool
-from annexd.nodes.process import childEnvironment, spawnP2P
-from annexd.protocol.client import P2PClient
+from annexd.nodes.process import childEnvironment
 from annexd.protocol.messages import MAX_PROTOCOL_VERSION
 
 
@@ -114,13 +111,7 @@ class SshNode(SessionPool):
         if executable == "ssh":
             executable = shutil.which(
                 "ssh", path=self._environment.get("PATH")) or "/usr/bin/ssh"
-        try:
-            bridge = spawnP2P(self.reactor, executable, args,
-                              self._environment, peer="node %s" % (self.name,))
-        except OSError as e:
-            return defer.fail(RepositoryUnavailable(
-                "cannot start ssh for %s: %s" % (self.name, e)))
-        self._spawned(bridge)
-        client = P2PClient(bridge.connection, self.uuid)
-        return client.handshake(self.version, self.bypass)
+        return self._childSession(self.reactor, executable, args,
+                                  self._environment, "ssh", self.version,
+                                  self.bypass)
 

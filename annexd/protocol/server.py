@@ -113,6 +113,20 @@ class P2PServer:
         except (ConnectionClosed, LineTooLong):
             raise _SessionOver()
 
+    async def _readReply(self, onEnd):
+        """
+        Read the client's reply inside an exchange: the message, or L{None}
+        for an unparseable line.  If the session ends instead, C{onEnd()}
+        (which may return a Deferred) cleans up the exchange first.
+        """
+        try:
+            return await self._read()
+        except UnparseableMessage:
+            return None
+        except _SessionOver:
+            await defer.maybeDeferred(onEnd)
+            raise
+
     async def _authenticate(self):
         while True:
             try:
@@ -185,13 +199,7 @@ class P2PServer:
             self.connection.sendMessage(m.Failure())
             return
         self.connection.sendMessage(m.Success())
-        try:
-            reply = await self._read()
-        except UnparseableMessage:
-            reply = None
-        except _SessionOver:
-            await lock.release()
-            raise
+        reply = await self._readReply(lock.release)
         await lock.release()
         if not isinstance(reply, m.UnlockContent):
             # The message is consumed, not executed (as git-annex does).
@@ -222,13 +230,7 @@ class P2PServer:
         if self.version >= 1:
             self.connection.sendMessage(m.Invalid() if valid is False or (
                 valid is None and download.length) else m.Valid())
-        try:
-            reply = await self._read()
-        except UnparseableMessage:
-            reply = None
-        except _SessionOver:
-            await download.finish(False)
-            raise
+        reply = await self._readReply(lambda: download.finish(False))
         ok = isinstance(reply, (m.Success, m.SuccessPlus))
         await download.finish(ok)
         if not isinstance(reply, (m.Success, m.SuccessPlus, m.Failure,
@@ -254,13 +256,7 @@ class P2PServer:
             return
         upload = offer
         self.connection.sendMessage(m.PutFrom(upload.offset))
-        try:
-            reply = await self._read()
-        except UnparseableMessage:
-            reply = None
-        except _SessionOver:
-            upload.abort("client went away")
-            raise
+        reply = await self._readReply(lambda: upload.abort("client went away"))
         if isinstance(reply, m.Data):
             outcome = await self._receiveContent(upload, reply.length)
         elif isinstance(reply, m.DataPresent) and self.version >= 4:
@@ -291,13 +287,8 @@ class P2PServer:
             raise _SessionOver()
         valid = None
         if self.version >= 1:
-            try:
-                reply = await self._read()
-            except UnparseableMessage:
-                reply = None
-            except _SessionOver:
-                upload.abort("client went away before VALID")
-                raise
+            reply = await self._readReply(
+                lambda: upload.abort("client went away before VALID"))
             if isinstance(reply, (m.Valid, m.Invalid)):
                 valid = isinstance(reply, m.Valid)
             else:

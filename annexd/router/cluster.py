@@ -41,8 +41,10 @@ class IWantsPolicy(Interface):
     Decides which nodes want a key (their preferred content).
     """
 
-    def wants(node, key, associatedFile):
+    def wants(node, key, associatedFile, present=None):
         """
+        @param present: the uuids the gateway's location log shows with
+            C{key}, when the caller has read them already.
         @return: whether C{node} (a L{ClusterNode}) wants C{key}.
         """
 
@@ -53,7 +55,7 @@ class WantsEverything:
     Every node wants every key.
     """
 
-    def wants(self, node, key, associatedFile):
+    def wants(self, node, key, associatedFile, present=None):
         return True
 
 
@@ -298,8 +300,9 @@ class Cluster:
         """
         logged = self.locations(key) if self.locations is not None else set()
         lacking = [n for n in self.nodes if n.uuid not in logged]
+        known = logged if self.locations is not None else None
         wanting = [n for n in lacking
-                   if self.policy.wants(n, key, associatedFile)]
+                   if self.policy.wants(n, key, associatedFile, known)]
         return wanting or lacking or list(self.nodes)
 
     async def _put(self, key, associatedFile):

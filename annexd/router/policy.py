@@ -85,9 +85,10 @@ class PreferredContentPolicy:
         self.sizes = sizes if sizes is not None else LazySizes(state.gitDir)
         self._reported = set()
 
-    def wants(self, node, key, associatedFile):
-        present = (self.locations.presentSync(key.raw)
-                   if self.locations is not None else set())
+    def wants(self, node, key, associatedFile, present=None):
+        if present is None:
+            present = (self.locations.presentSync(key.raw)
+                       if self.locations is not None else set())
         ctx = preferred.WantContext(
             self.state, node.uuid, key,
             None if associatedFile is None
