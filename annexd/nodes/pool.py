@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from annexd.interfaces import IRepository, RepositoryUnavailable
+from annexd.interfaces import IRepository, Outcome, RepositoryUnavailable
 from annexd.nodes.process import spawnP2P
 from annexd.protocol.client import P2PClient
 
@@ -29,6 +29,12 @@ class SessionPool:
 
     _log = Logger()
 
+    #: Content locks are held for as long as a client wants (up to a lease
+    #: of 10 minutes): they get sessions of their own, never one of the
+    #: C{maxSessions} transfer slots, so that a held lock cannot queue
+    #: other requests behind it.  Front-ends bound the number of locks.
+    maxLockSessions = 100
+
     def __init__(self, uuid, connect, maxSessions=1, name=None):
         self.uuid = uuid
         self.name = name or uuid.decode("ascii", "replace")
@@ -38,6 +44,7 @@ class SessionPool:
         self._idle = []
         self._open = set()
         self._closed = False
+        self._lockPool = None
         #: the child processes (L{P2PProcessProtocol}) of running sessions
         self.processes = []
 
@@ -107,10 +114,24 @@ class SessionPool:
         return self._run("checkPresent", key)
 
     def lockContent(self, key):
-        return self._run("lockContent", key)
+        if self._lockPool is None:
+            if self._closed:
+                return defer.fail(RepositoryUnavailable(
+                    "%s: closed" % (self.name,)))
+            self._lockPool = SessionPool(self.uuid, self._connect,
+                                         self.maxLockSessions, self.name)
+        return self._lockPool._run("lockContent", key)
 
     def remove(self, key, before=None):
-        return self._run("remove", key, before)
+        def locked(reason):
+            # git-annex-shell refuses to remove locked content by ending the
+            # session ("content is locked"): that is a plain "not removed",
+            # and the node is fine.
+            reason.trap(RepositoryUnavailable)
+            if "content is locked" not in str(reason.value):
+                return reason
+            return Outcome(False)
+        return self._run("remove", key, before).addErrback(locked)
 
     def getTimestamp(self):
         return self._run("getTimestamp")
@@ -145,6 +166,8 @@ class SessionPool:
         """
         running = [bridge.ended for bridge in self.processes]
         self._closed = True
+        if self._lockPool is not None:
+            running.append(self._lockPool.close())
         idle, self._idle = self._idle, []
         waits = [s.close() for s in idle]
         for s in idle:
