@@ -33,6 +33,7 @@ from fractions import Fraction
 
 from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
 
 from annexd.annex.branch import (
     BranchReader, _gitExecutable, branchFileName, journalFileName)
@@ -310,3 +311,75 @@ class LocationLog:
                 raise
         finally:
             os.close(fd)
+
+
+class JournalCommitter:
+    """
+    Commits a long-running front-end's location changes promptly: about
+    C{delay} seconds after the last change, one C{git annex merge}; changes
+    made while it runs get another one after it.  (git-annex's p2phttp
+    commits about a second after going idle; a journal left uncommitted is
+    invisible to other clients' C{git pull}.)
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, repoPath, delay=1.0, env=None,
+                 commit=commitJournal):
+        self.reactor = reactor
+        self.repoPath = repoPath
+        self.delay = delay
+        self.env = env
+        self._commit = commit
+        self._timer = None
+        self._running = None
+        self._again = False
+        #: how many commits ran (tests and metrics)
+        self.commits = 0
+
+    def changed(self):
+        """
+        The journal changed: commit soon.
+        """
+        if self._running is not None:
+            self._again = True
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.delay)
+        else:
+            self._timer = self.reactor.callLater(self.delay, self._run)
+
+    def _run(self):
+        self._timer = None
+        self._again = False
+        self._running = defer.maybeDeferred(
+            self._commit, self.repoPath, env=self.env, reactor=self.reactor)
+
+        def failed(reason):
+            self._log.warn("could not commit the git-annex branch of {repo}: "
+                           "{why}", repo=self.repoPath,
+                           why=reason.getErrorMessage())
+
+        def done(_):
+            self.commits += 1
+            self._running = None
+            if self._again:
+                self.changed()
+
+        self._running.addErrback(failed).addBoth(done)
+
+    def flush(self):
+        """
+        Commit now if anything is pending (shutdown).
+
+        @return: a Deferred firing when the journal is committed.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+            self._run()
+        running = self._running
+        if running is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        running.addBoth(lambda r: (d.callback(None), r)[1])
+        return d

@@ -67,13 +67,22 @@ class Router:
     _log = Logger()
 
     def __init__(self, reactor, state, environment=None, policy=None,
-                 gitAnnex=None):
+                 gitAnnex=None, share=False):
+        """
+        @param share: keep the node connectors (and their session pools)
+            and clusters, and hand the same ones to every caller, as a
+            long-running front-end serving many requests wants; callers
+            must then not close what L{resolve} gives them (L{close} does).
+            Without it every L{resolve} builds fresh connectors (one ssh
+            session's lifetime).
+        """
         self.reactor = reactor
         self.state = state
         self.environment = environment
         self.gitAnnex = gitAnnex
         self.locations = LocationLog(state.gitDir)
         self.policy = policy or PreferredContentPolicy(state, self.locations)
+        self._shared = {} if share else None
 
     def reloadState(self):
         """
@@ -103,19 +112,28 @@ class Router:
             sizes.apply(key, uuid, present)
         return changed
 
-    def resolve(self, target, clientUUID):
+    def resolve(self, target, clientUUID, bypass=()):
         """
         @param target: the uuid the client asked for (L{bytes}), or
             L{None} for the gateway itself.
-        @param clientUUID: the client's uuid.
+        @param clientUUID: the client's uuid (a shared router presents the
+            gateway's own to its repository instead: one pool for all).
+        @param bypass: the client's BYPASS list, for a shared router (a
+            session router takes it later, through C{setBypass}).
         @return: the L{IRepository} to serve.
         @raise UnknownTarget: if the target is not served here.
         """
         state = self.state
         if not target or target == state.uuid:
+            if self._shared is not None:
+                clientUUID = state.uuid
             return self._local(state.path, state.uuid, clientUUID, "here")
         if target in state.clusters:
-            return self._cluster(state.clusters[target])
+            if self._shared is None:
+                return self._cluster(state.clusters[target])
+            return self._share(
+                ("cluster", target, frozenset(bypass)),
+                lambda: self._cluster(state.clusters[target], bypass))
         if state.isProxied(target):
             remotes = state.remotesFor(target)
             return self._connector(remotes[0], target)
@@ -125,11 +143,34 @@ class Router:
         raise UnknownTarget("expected repository UUID %s but found UUID %s" % (
             _text(target), _text(state.uuid)))
 
+    def _share(self, key, build):
+        if self._shared is None:
+            return build()
+        made = self._shared.get(key)
+        if made is None:
+            made = self._shared[key] = build()
+        return made
+
+    def close(self):
+        """
+        Close every shared connector (a shared router's end).
+
+        @return: a Deferred firing when their sessions have ended.
+        """
+        shared = self._shared or {}
+        if self._shared is not None:
+            self._shared = {}
+        return defer.DeferredList([
+            defer.maybeDeferred(made.close) for key, made in shared.items()
+            if key[0] != "cluster" and hasattr(made, "close")])
+
     def _local(self, path, uuid, clientUUID, name, bypass=()):
-        return LocalNode(self.reactor, path, uuid, clientUUID,
-                         maxSessions=self.state.jobs, name=name,
-                         gitAnnex=self.gitAnnex, environment=self.environment,
-                         bypass=bypass)
+        return self._share(
+            ("local", path, uuid, clientUUID, tuple(bypass)),
+            lambda: LocalNode(self.reactor, path, uuid, clientUUID,
+                              maxSessions=self.state.jobs, name=name,
+                              gitAnnex=self.gitAnnex,
+                              environment=self.environment, bypass=bypass))
 
     def _connector(self, remote, uuid, bypass=()):
         path = remote.localPath(self.state.path)
@@ -137,15 +178,23 @@ class Router:
             return self._local(path, uuid, self.state.uuid, remote.name,
                                bypass)
         if remote.url and parseSshUrl(remote.url) is not None:
-            return SshNode(self.reactor, remote.url, uuid, self.state.uuid,
-                           maxSessions=self.state.jobs, name=remote.name,
-                           sshOptions=remote.sshOptions, shell=remote.shell,
-                           bypass=bypass, environment=self.environment)
+            return self._share(
+                ("ssh", remote.url, uuid, tuple(bypass)),
+                lambda: SshNode(self.reactor, remote.url, uuid,
+                                self.state.uuid, maxSessions=self.state.jobs,
+                                name=remote.name,
+                                sshOptions=remote.sshOptions,
+                                shell=remote.shell, bypass=bypass,
+                                environment=self.environment))
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
 
-    def _cluster(self, info):
+    def _cluster(self, info, bypass=()):
         state = self.state
+        # A shared router builds one cluster per BYPASS list; its connectors
+        # to other gateways carry that list from the start, so that no
+        # shared connector is ever changed by setBypass.
+        gatewayBypass = tuple(sorted(set(bypass) | {state.uuid}))
         nodes = []
         for remote in state.clusterNodes(info.uuid):
             nodes.append(ClusterNode(
@@ -160,10 +209,13 @@ class Router:
                 cost = remote.cost if remote.cost is not None else remote.defaultCost
                 nodes.append(ClusterNode(
                     info.uuid, "%s-%s" % (remote.name, info.name), cost + 1,
-                    self._connector(remote, info.uuid, bypass=(state.uuid,)),
+                    self._connector(remote, info.uuid, bypass=gatewayBypass),
                     via=remote.uuid))
-        return Cluster(info.uuid, nodes, self.policy, name=info.name,
+        cluster = Cluster(info.uuid, nodes, self.policy, name=info.name,
                        gatewayUUID=state.uuid, reactor=self.reactor,
                        spoolDirectory=os.path.join(state.gitDir, "annex", "tmp"),
                        diskReserve=state.diskReserve,
                        locations=lambda key: self.locations.presentSync(key.raw))
+        if bypass:
+            cluster.setBypass(bypass)
+        return cluster

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_http -*-
+"""
+A gateway repository as a long-running front-end serves it.
+
+The ssh front-end serves one session per process; the HTTP front-end (and
+the daemon) serve many requests from one process.  L{GatewayHost} holds what
+those requests share for one gateway repository: its state, one L{Router}
+whose node connectors (and their session pools) are reused, the content
+locks clients hold between requests, and the committer that puts location
+changes on the git-annex branch promptly.
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from annexd.annex.location import JournalCommitter
+from annexd.annex.state import GatewayState
+from annexd.router.locks import LockTable
+from annexd.router.recording import RecordingRepository
+from annexd.router.router import Router
+
+
+def repositoryName(path):
+    """
+    The name a gateway repository is published under: its directory's name
+    without C{.git} (C{/srv/gw.git} and C{/srv/gw} are both C{gw}).
+    """
+    name = os.path.basename(os.path.normpath(path))
+    if name == ".git":
+        name = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    if name.endswith(".git"):
+        name = name[:-4]
+    return name
+
+
+class GatewayHost:
+    """
+    @ivar state: the gateway's L{GatewayState}.
+    @ivar router: its shared L{Router}.
+    @ivar locks: its L{LockTable} (one per served repository: the gateway's
+        uuid, its proxied nodes and clusters share it, as in p2phttp).
+    @ivar committer: its L{JournalCommitter}.
+    @ivar name: the name it is published under (see L{repositoryName}).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, path, name=None, environment=None,
+                 gitAnnex=None, maxLocks=100, commitDelay=1.0):
+        self.reactor = reactor
+        self.state = GatewayState.load(path)
+        self.name = name or repositoryName(path)
+        self.router = Router(reactor, self.state, environment=environment,
+                             gitAnnex=gitAnnex, share=True)
+        self.locks = LockTable(reactor, maxLocks=maxLocks)
+        self.committer = JournalCommitter(reactor, self.state.path,
+                                          delay=commitDelay, env=environment)
+
+    @property
+    def uuid(self):
+        return self.state.uuid
+
+    def serves(self, uuid):
+        """
+        Whether requests for C{uuid} are served here: the gateway itself,
+        its clusters and the nodes it proxies.
+        """
+        state = self.state
+        return (uuid == state.uuid or uuid in state.clusters
+                or state.isProxied(uuid))
+
+    def repository(self, uuid, bypass=()):
+        """
+        The L{IRepository} serving C{uuid}, recording where content goes.
+
+        @raise annexd.router.router.UnknownTarget: if not served here.
+        """
+        target = self.router.resolve(uuid, self.state.uuid, bypass)
+        return RecordingRepository(target, self._record, self.state.uuid)
+
+    def _record(self, key, uuid, present):
+        changed = self.router.record(key, uuid, present)
+        if changed:
+            self.committer.changed()
+        return changed
+
+    def close(self):
+        """
+        Release every lock, close every node session, commit the journal.
+        """
+        return defer.DeferredList([
+            self.locks.close(), self.router.close(), self.committer.flush()])
