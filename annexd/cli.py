@@ -1,17 +1,93 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap,tests.test_httpauth -*-
 """
-The C{annexd} command: runs the twistd plugin in the foreground.
+The C{annexd} command: runs the twistd plugin in the foreground, or, with
+C{annexd passwd ...}, edits an HTTP users file.
 """
 
+import argparse
 import sys
+
+
+class _UsageError(Exception):
+    """
+    Bad command line for a subcommand.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser whose errors are one line, not usage plus exit.
+    """
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def _readPassword(name, stdin):
+    """
+    Read the password: prompt twice on a terminal, else one line of stdin.
+
+    @raise ValueError: when the two entries differ.
+    """
+    if stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password for %s: " % (name,))
+        if getpass.getpass("Retype password: ") != password:
+            raise ValueError("passwords do not match")
+        return password
+    return stdin.readline().rstrip("\r\n")
+
+
+def passwd(args, stdin=None, stderr=None):
+    """
+    C{annexd passwd USERSFILE NAME [--permission readonly|appendonly|full]}:
+    add or replace C{NAME} in the HTTP users file, with the password read
+    from stdin.  Prints nothing on success.
+
+    @return: the exit status: 0 on success, 2 on bad usage, 1 on other
+        errors (each with one line on stderr).
+    """
+    from annexd.http.auth import Permission, addUser, validUserName
+
+    stdin = sys.stdin if stdin is None else stdin
+    stderr = sys.stderr if stderr is None else stderr
+    parser = _Parser(prog="annexd passwd",
+                     description="Add or replace a user in an annexd HTTP"
+                                 " users file; the password is read from"
+                                 " stdin.")
+    parser.add_argument("usersfile")
+    parser.add_argument("name")
+    parser.add_argument("--permission", default="full",
+                        choices=[p.value for p in Permission])
+    try:
+        options = parser.parse_args(args)
+        if not validUserName(options.name):
+            raise _UsageError("invalid user name %r (no ':', spaces or"
+                              " leading '#')" % (options.name,))
+    except _UsageError as e:
+        stderr.write("annexd passwd: error: %s\n" % (e,))
+        return 2
+    try:
+        password = _readPassword(options.name, stdin)
+        addUser(options.usersfile, options.name, password,
+                Permission(options.permission))
+    except (ValueError, OSError) as e:
+        stderr.write("annexd passwd: error: %s\n" % (e,))
+        return 1
+    return 0
 
 
 def main(argv=None):
     """
+    C{annexd passwd ...}: see L{passwd}.  Anything else,
     C{annexd [twistd annexd options]}: C{twistd --nodaemon annexd ...}.
     """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["passwd"]:
+        return passwd(args[1:])
+
     from twisted.scripts.twistd import run
 
-    args = sys.argv[1:] if argv is None else list(argv)
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "annexd"] + args
     run()
