@@ -87,7 +87,37 @@ def main(argv=None):
     if args[:1] == ["passwd"]:
         return passwd(args[1:])
 
-    from twisted.scripts.twistd import run
+    from twisted.application import app
+    from twisted.scripts import twistd
 
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "annexd"] + args
-    run()
+    app.run(twistd.runApp, _ServerOptions)
+
+
+def _serverOptions():
+    from twisted.application.service import IServiceMaker, ServiceMaker
+    from twisted.plugin import getPlugins
+    from twisted.scripts import twistd
+
+    class ServerOptions(twistd.ServerOptions):
+        """
+        twistd's options with the annexd service maker given directly, so
+        that C{annexd} works wherever the package is importable, whether or
+        not twistd's plugin scan finds C{twisted/plugins/annexd_plugin.py}
+        (it does not for some editable installs).
+        """
+
+        def _getPlugins(self, interface):
+            found = list(getPlugins(interface))
+            if interface is IServiceMaker and not any(
+                    p.tapname == "annexd" for p in found):
+                found.append(ServiceMaker(
+                    "annexd", "annexd.tap",
+                    "A gateway for git-annex clusters.", "annexd"))
+            return found
+
+    return ServerOptions
+
+
+def _ServerOptions(*args, **kwargs):
+    return _serverOptions()(*args, **kwargs)

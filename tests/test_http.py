@@ -514,8 +514,11 @@ class PutTests(unittest.SynchronousTestCase):
         sink.producer.resumeProducing()
         self.assertEqual(self.wire.transport.producerState, "producing")
         self.wire.sendChunk(CONTENT[100:])
+        # The last byte is written: the repository no longer paces the
+        # body, and the socket is read again (for the end of the body).
+        self.assertIsNone(sink.producer)
+        self.assertEqual(self.wire.transport.producerState, "producing")
         self.wire.send(b"0\r\n\r\n")
-        sink.producer.resumeProducing()
         self.assertEqual(self.wire.response().json()["stored"], True)
         self.assertEqual(self.repo.contents[KEY.raw], CONTENT)
 

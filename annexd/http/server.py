@@ -1112,12 +1112,37 @@ class _Put(_CallHandler):
             return
         self.skip = offer.offset - self.clientOffset
         self.needed = max(0, self.length - self.skip)
-        self.sink = offer.receive(self.needed)
-        self.sink.registerProducer(self.pauser, True)
-        pending, self.pending = self.pending, []
-        for data in pending:
-            self._feed(data)
+        try:
+            self.sink = offer.receive(self.needed)
+            self.sink.registerProducer(self.pauser, True)
+            self._registered = True
+            pending, self.pending = self.pending, []
+            for data in pending:
+                self._feed(data)
+            self._checkComplete()
+        except BaseException:
+            self._unregister()
+            offer.abort("the upload could not start")
+            self.outcome = Outcome(False)
+            raise
         self.pauser.resume("waiting")
+
+    _registered = False
+
+    def _unregister(self):
+        if self._registered:
+            self._registered = False
+            self.sink.unregisterProducer()
+            # The repository no longer paces the body (the rest of it, if
+            # any, is only read to be judged).
+            self.pauser.resume("consumer")
+
+    def _checkComplete(self):
+        # Every byte the repository wants is written: the body stops
+        # pacing it (like the P2P framing, which unregisters at the end of
+        # a DATA payload).
+        if self.sent >= self.needed:
+            self._unregister()
 
     def bodyLength(self, length):
         pass
@@ -1145,9 +1170,11 @@ class _Put(_CallHandler):
         if data:
             self.sent += len(data)
             self.sink.write(data)
+            self._checkComplete()
 
     def _give_up(self, why):
         if self.upload is not None and self.outcome is None:
+            self._unregister()
             self.upload.abort(why)
             self.outcome = Outcome(False)
 
@@ -1156,6 +1183,7 @@ class _Put(_CallHandler):
         if self.watchdog is not None:
             self.watchdog.cancel()
         if self.upload is not None and self.outcome is None and not self.done():
+            self._unregister()
             self.upload.abort("client went away mid-upload")
             self.outcome = Outcome(False)
 
@@ -1201,11 +1229,13 @@ class _Put(_CallHandler):
         if self.sent < self.needed:
             # Short body: the content cannot be completed.  The repository
             # keeps what it got, for a later resume.
+            self._unregister()
             upload.abort("the body was %d bytes, %d announced" % (
                 self.received, self.length))
             return Outcome(False)
         if self.overflow:
             # More than announced: invalid, whatever the bytes verify as.
+            self._unregister()
             upload.abort("the body was longer than the %d bytes announced"
                          % (self.length,))
             return Outcome(False)

@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.test_http -*-
+"""
+One HTTP listener's site: the P2P API for every gateway served, and git
+(smart HTTP and C{config}) for each under C{/NAME/}.
+"""
+
+import re
+
+from annexd.http.server import AnnexSite, Root, actionNamed
+
+_HOST = re.compile(rb"[A-Za-z0-9.\-:\[\]]{1,300}")
+
+
+def annexUrlFor(request, name):
+    """
+    The annex+http(s) URL a client should use for the gateway published as
+    C{name}, as seen from C{request} (its Host header, and TLS or not).
+    """
+    host = request.getHeader(b"Host") or b""
+    if _HOST.fullmatch(host) is None:
+        address = request.getHost()
+        host = ("%s:%d" % (getattr(address, "host", "localhost"),
+                           getattr(address, "port", 9417))).encode("ascii")
+    scheme = "annex+https" if request.isSecure() else "annex+http"
+    return "%s://%s/%s" % (scheme, host.decode("ascii"), name)
+
+
+def makeSite(reactor, hosts, auth=None, timeout=60):
+    """
+    @param hosts: the L{annexd.router.host.GatewayHost}s to serve.
+    @param auth: the authorisation (see L{Root}).
+    @rtype: L{AnnexSite}
+    """
+    from annexd.http.git import GitRepositoryResource
+    gitResources = {}
+    for host in hosts:
+        name = host.name
+        gitResources[name.encode("utf-8")] = _Guarded(
+            GitRepositoryResource(
+                host.state.gitDir, host.state.uuid.decode("ascii"),
+                lambda request, name=name: annexUrlFor(request, name)),
+            auth)
+    root = Root(hosts, auth, reactor, gitResources)
+    return AnnexSite(root, timeout=timeout)
+
+
+class _Guarded:
+    """
+    git over HTTP, behind the same authorisation as the API: fetching is
+    reading, pushing is writing.
+    """
+
+    buffersBody = True
+
+    def __init__(self, resource, auth):
+        self.resource = resource
+        self.auth = auth
+        self.isLeaf = True
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def render(self, request):
+        from twisted.web import server
+        pushing = (request.postpath[-1:] == [b"git-receive-pack"]
+                   or request.args.get(b"service") == [b"git-receive-pack"])
+        root = request.site.resource
+        d = root.auth.authorize(request.getHeader(b"Authorization"),
+                                actionNamed("write" if pushing else "read"),
+                                request.isSecure())
+
+        def decided(decision):
+            if request._disconnected:
+                return
+            if not decision.allowed:
+                from annexd.http.server import HTTPFailure
+                request.fail(HTTPFailure(decision.status, decision.reason or (
+                    "authentication required" if decision.status == 401
+                    else "not allowed")))
+                return
+            request.annexUser = decision.user or (
+                "anonymous" if pushing else None)
+            resource = self.resource
+            while request.postpath and not resource.isLeaf:
+                name = request.postpath.pop(0)
+                request.prepath.append(name)
+                resource = resource.getChildWithDefault(name, request)
+            body = resource.render(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def failed(reason):
+            request.processingFailed(reason)
+
+        d.addCallback(decided).addErrback(failed)
+        return server.NOT_DONE_YET
