@@ -194,6 +194,25 @@ class LocalNodeTests(unittest.TestCase):
         self.assertIsNone(self.nodeSha256(key))
         self.assertFalse(await node.checkPresent(key))
 
+    async def test_locksDoNotTakeTransferSlots(self):
+        """
+        Held locks have sessions of their own: with one transfer slot and
+        three locks held, a checkpresent still goes through; once the locks
+        are released at most one lock session stays open.
+        """
+        data = os.urandom(100)
+        key = keyOf(data)
+        self.assertTrue((await self.putBytes(data)).ok)
+        locks = [await self.node.lockContent(key) for i in range(3)]
+        self.assertTrue(all(locks))
+        self.assertTrue(await self.node.checkPresent(key))
+        self.assertGreaterEqual(len(self.node.processes), 4)
+        for lock in locks:
+            await lock.release()
+        lockPool = self.node._lockPool
+        self.assertEqual(len(lockPool._idle), 1)
+        self.assertEqual(len(lockPool._open), 1)
+
     async def test_lockAbsent(self):
         """
         Locking content the node lacks gives no lock.

@@ -35,8 +35,14 @@ class SessionPool:
     #: other requests behind it.  Front-ends bound the number of locks.
     maxLockSessions = 100
 
-    def __init__(self, uuid, connect, maxSessions=1, name=None):
+    def __init__(self, uuid, connect, maxSessions=1, name=None,
+                 maxIdle=None):
+        """
+        @param maxIdle: keep at most this many idle sessions open (default:
+            all of them, up to C{maxSessions}).
+        """
         self.uuid = uuid
+        self.maxIdle = maxSessions if maxIdle is None else maxIdle
         self.name = name or uuid.decode("ascii", "replace")
         self.maxSessions = maxSessions
         self._connect = connect
@@ -86,7 +92,8 @@ class SessionPool:
         return session
 
     def _checkin(self, session):
-        if session.broken is None and not self._closed:
+        if (session.broken is None and not self._closed
+                and len(self._idle) < self.maxIdle):
             self._idle.append(session)
         else:
             self._open.discard(session)
@@ -118,8 +125,11 @@ class SessionPool:
             if self._closed:
                 return defer.fail(RepositoryUnavailable(
                     "%s: closed" % (self.name,)))
+            # Locks come in bursts (a drop locks, then lets go): keep one
+            # session ready, close the rest as their locks are released.
             self._lockPool = SessionPool(self.uuid, self._connect,
-                                         self.maxLockSessions, self.name)
+                                         self.maxLockSessions, self.name,
+                                         maxIdle=1)
         return self._lockPool._run("lockContent", key)
 
     def remove(self, key, before=None):
