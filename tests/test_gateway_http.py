@@ -4,6 +4,7 @@ and a proxied node, through the daemon started as an operator starts it.
 """
 
 import hashlib
+import json
 import os
 import time
 
@@ -191,3 +192,169 @@ class TestremoteOverHTTPTests(HTTPGatewayMixin, unittest.TestCase):
         testremote --fast gw-node1.
         """
         self.runTestremote(NODE1)
+
+
+class BadInputTests(HTTPGatewayMixin, unittest.TestCase):
+    """
+    Bad requests to the real daemon: each gets a clear answer, nothing is
+    stored, and the daemon goes on serving.
+    """
+
+    def setUp(self):
+        self.setUpGateway()
+        self.data = os.urandom(2 << 20)
+        digest = hashlib.sha256(self.data).hexdigest()
+        self.key = "SHA256E-s%d--%s.bin" % (len(self.data), digest)
+
+    def connection(self):
+        import http.client
+        return http.client.HTTPConnection("127.0.0.1", self.daemon.port,
+                                          timeout=30)
+
+    def url(self, uuid, endpoint, **query):
+        from urllib.parse import urlencode
+        query.setdefault("clientuuid", self.cluster.client.uuid)
+        return "/git-annex/%s/v4/%s?%s" % (uuid, endpoint, urlencode(query))
+
+    def assertNowhere(self):
+        for node in self.cluster.nodes:
+            self.assertFalse(self.cluster.node_has(node, self.key), node.name)
+
+    def putOnce(self):
+        """
+        PUT the content to the cluster; whether it was stored.
+        """
+        conn = self.connection()
+        conn.request("POST", self.url(self.cluster.cluster_uuid, "put",
+                                      key=self.key),
+                     body=self.data,
+                     headers={"X-git-annex-data-length": str(len(self.data))})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        return json.loads(response.read())["stored"]
+
+    def assertServing(self):
+        """
+        A complete PUT to the cluster works: the daemon is fine.
+        """
+        self.assertTrue(self.putOnce())
+        digest = hashlib.sha256(self.data).hexdigest()
+        for node in self.cluster.nodes:
+            self.assertEqual(self.cluster.node_sha256(node, self.key), digest)
+
+    def test_disconnectMidPut(self):
+        """
+        A client that sends half a body and vanishes stores nothing.
+        """
+        import socket
+        s = socket.create_connection(("127.0.0.1", self.daemon.port))
+        head = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                "X-git-annex-data-length: %d\r\n\r\n" % (
+                    self.url(self.cluster.cluster_uuid, "put", key=self.key),
+                    len(self.data), len(self.data))).encode()
+        s.sendall(head + self.data[:len(self.data) // 2])
+        s.close()
+        self.assertNowhere()
+        # The nodes' sessions of the abandoned upload end as the daemon
+        # notices the client is gone; until then a new upload of the same
+        # key may meet git-annex's "transfer already in progress" (and be
+        # answered stored:false).  Within a bound, it is stored.
+        deadline = time.monotonic() + 30
+        while not self.putOnce():
+            self.assertNowhere()
+            self.assertLess(time.monotonic(), deadline,
+                            "the daemon never stored the content again")
+            time.sleep(0.2)
+        self.assertServing()
+
+    def test_shortAndLongBodies(self):
+        """
+        Bodies shorter or longer than X-git-annex-data-length: stored:false
+        and nothing on the nodes.
+        """
+        for body in (self.data[:-1], self.data + b"x"):
+            conn = self.connection()
+            conn.request("POST", self.url(self.cluster.cluster_uuid, "put",
+                                          key=self.key), body=body,
+                         headers={"X-git-annex-data-length":
+                                  str(len(self.data))})
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            self.assertEqual(json.loads(response.read())["stored"], False)
+            self.assertNowhere()
+        self.assertServing()
+
+    def test_disconnectMidGet(self):
+        """
+        A client that stops reading a GET and vanishes: the daemon serves
+        the next GET in full.
+        """
+        self.assertServing()
+        import socket
+        s = socket.create_connection(("127.0.0.1", self.daemon.port))
+        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+            self.url(self.cluster.cluster_uuid, "key/" + self.key),)).encode())
+        s.recv(1000)
+        s.close()
+        conn = self.connection()
+        conn.request("GET", self.url(self.cluster.cluster_uuid,
+                                     "key/" + self.key))
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.read(), self.data)
+
+    def test_badRequests(self):
+        """
+        Malformed keys, bad base64, unknown uuid, missing clientuuid, a
+        64 KiB query string: 4xx answers, nothing stored.
+        """
+        cluster = self.cluster.cluster_uuid
+        cases = [
+            (self.url(cluster, "put", key="not a key"), 400),
+            (self.url(cluster, "put", key="[!!]"), 400),
+            (self.url("ffffffff-aaaa-4bbb-8ccc-000000000000", "put",
+                      key=self.key), 404),
+            ("/git-annex/%s/v4/put?key=%s" % (cluster, self.key), 400),
+            (self.url(cluster, "put", key=self.key, x="y" * 65536), 414),
+        ]
+        for path, status in cases:
+            conn = self.connection()
+            # (The long request line is refused as soon as it is read: no
+            # body, which the daemon would not read.)
+            conn.request("POST", path,
+                         body=self.data if status != 414 else None,
+                         headers={"X-git-annex-data-length":
+                                  str(len(self.data))})
+            try:
+                response = conn.getresponse()
+            except ConnectionError:
+                self.fail("%s: connection dropped without an answer" % path)
+            self.assertEqual(response.status, status, path[:200])
+            response.read()
+            conn.close()
+        self.assertNowhere()
+        self.assertServing()
+
+    def test_vanishedNode(self):
+        """
+        A node whose repository vanished: 502 with the reason on the node;
+        the cluster still answers from the other nodes.
+        """
+        node = self.cluster.node(1)
+        os.rename(node.path, node.path + ".gone")
+        self.addCleanup(os.rename, node.path + ".gone", node.path)
+        conn = self.connection()
+        conn.request("POST", self.url(node.uuid, "checkpresent", key=self.key))
+        response = conn.getresponse()
+        body = response.read()
+        self.assertEqual(response.status, 502, body)
+        self.assertIn(b"node1", body)
+        conn.request("POST", self.url(self.cluster.cluster_uuid,
+                                      "checkpresent", key=self.key))
+        response = conn.getresponse()
+        self.assertEqual(json.loads(response.read()), {"present": False})
+        # The cluster goes on without the node.
+        self.assertTrue(self.putOnce())
+        digest = hashlib.sha256(self.data).hexdigest()
+        for other in self.cluster.nodes[1:]:
+            self.assertEqual(self.cluster.node_sha256(other, self.key), digest)

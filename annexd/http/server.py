@@ -332,12 +332,13 @@ class _Handler:
         pass
 
     def bodyLength(self, length):
-        if length is not None and length > self.maxBody:
+        if (self.maxBody is not None and length is not None
+                and length > self.maxBody):
             self.tooLarge()
 
     def bodyReceived(self, data):
         self.received += len(data)
-        if self.received > self.maxBody:
+        if self.maxBody is not None and self.received > self.maxBody:
             self.tooLarge()
 
     def tooLarge(self):
@@ -360,8 +361,12 @@ class _Handler:
 
 class _Refusal(_Handler):
     """
-    The request is refused whatever its body (discarded) says.
+    The request is refused whatever its body says.  The body is read and
+    thrown away, however long (a refused upload's client sends it all
+    before it reads the answer).
     """
+
+    maxBody = None
 
     def __init__(self, request, failure):
         _Handler.__init__(self, request)
