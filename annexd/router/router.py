@@ -94,6 +94,11 @@ class Router:
         from annexd.annex.state import GatewayState
         self.state = GatewayState.load(self.state.path)
         self.policy.state = self.state
+        if self._shared:
+            # Clusters are rebuilt from the new state on their next use;
+            # node connectors (and their sessions) are kept.
+            for key in [k for k in self._shared if k[0] == "cluster"]:
+                del self._shared[key]
         sizes = getattr(self.policy, "sizes", None)
         if sizes is not None and getattr(sizes, "loaded", False):
             sizes.sizes.reload()
