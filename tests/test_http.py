@@ -58,6 +58,13 @@ class ChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(seen, [(b"POST", b"/x?y=1", b"HTTP/1.1")])
         self.assertTrue(issubclass(AnnexHTTPChannel, http.HTTPChannel))
 
+    def test_onlyHTTP11(self):
+        """
+        TLS negotiation offers HTTP/1.1 only, even where twisted.web could
+        speak h2: the streaming receiver is HTTP/1.1's.
+        """
+        self.assertEqual(Wire().site.acceptableProtocols(), [b"http/1.1"])
+
     def test_idleTimeoutRestored(self):
         """
         A streaming request suspends the connection's idle timeout; the

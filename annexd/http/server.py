@@ -1272,3 +1272,9 @@ class AnnexSite(server.Site):
     def __init__(self, root, timeout=60, **kw):
         server.Site.__init__(self, root, timeout=timeout, **kw)
         self.displayTracebacks = False
+
+    def acceptableProtocols(self):
+        # The streaming request bodies are built on HTTP/1.1's channel:
+        # never offer h2 in TLS negotiation (twisted.web would when the h2
+        # package is installed).  git-annex speaks HTTP/1.1.
+        return [b"http/1.1"]
