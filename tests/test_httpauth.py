@@ -892,14 +892,21 @@ class PasswdCommandTests(unittest.SynchronousTestCase):
         Anything else still runs twistd in the foreground with the annexd
         plugin.
         """
-        from twisted.scripts import twistd
+        from twisted.application import app
+        from twisted.application.service import IServiceMaker
 
         runs = []
         self.patch(sys, "argv", list(sys.argv))
-        self.patch(twistd, "run", lambda: runs.append(list(sys.argv)))
-        cli.main(["--listen", "tcp:0"])
-        self.assertEqual(runs, [["twistd", "--nodaemon", "--pidfile=", "annexd",
-                                 "--listen", "tcp:0"]])
+
+        def run(runApp, optionsClass):
+            options = optionsClass()
+            makers = {p.tapname for p in options._getPlugins(IServiceMaker)}
+            runs.append((list(sys.argv), "annexd" in makers))
+
+        self.patch(app, "run", run)
+        cli.main(["--http", "tcp:0"])
+        self.assertEqual(runs, [(["twistd", "--nodaemon", "--pidfile=",
+                                  "annexd", "--http", "tcp:0"], True)])
 
 
 class AddUserTests(unittest.SynchronousTestCase):

@@ -43,7 +43,11 @@ Deliberate differences from git-annex's p2phttp (section 7): 404 (not 400)
 for a version an endpoint does not offer, so clients fall back; 404 for a
 missing key on GET; C{plusuuids} always for v2+; C{{"removed":false}} at
 once for content a client holds locked; 502 with the reason for a node that
-cannot be reached; 400 for a negative offset; 405 for a wrong method; no
+cannot be reached; 400 for a negative offset or data length; 405 for a
+wrong method (and HEAD); 404 for an unknown uuid before any parameter is
+looked at; the rest of the path after C{key/} is the key (URL keys hold
+C{/}); unpadded base64 and the doubled C{/git-annex/git-annex/} accepted;
+C{Accept} ignored; no
 worker pool to deadlock, idle timeouts only before a request is admitted and
 on a transfer that stopped moving.
 """
@@ -492,6 +496,12 @@ class _Api(resource.Resource):
         if name == b"git-annex":
             # annex+http://h/prefix/git-annex/ makes clients double it.
             return self
+        if not name:
+            # "/git-annex/" itself is nothing; an empty uuid before more
+            # path is a bad value, as p2phttp says.
+            if request.postpath:
+                return _ErrorResource(400, "empty UUID")
+            return _notFound()
         try:
             uuid = parseUUID(name)
         except BadValue as e:
@@ -722,7 +732,9 @@ class _Remove(_CallHandler):
 class _RemoveBefore(_Remove):
     def prepare(self):
         _Remove.prepare(self)
-        self.before = self.call.arg(b"timestamp", parseTimestamp)
+        # A negative deadline is simply past: 0 means the same on any
+        # monotonic clock, and the P2P protocol has no negative numbers.
+        self.before = max(0, self.call.arg(b"timestamp", parseTimestamp))
 
 
 class _GetTimestamp(_CallHandler):
@@ -793,7 +805,9 @@ class _KeepLocked(_CallHandler):
     maxBody = None
 
     def prepare(self):
-        self.lockid = self.call.arg(b"lockid", decodeValue)
+        self.lockid = self.call.arg(b"lockid", parseUUID)
+        self.call.clientUUID(required=False)
+        self.call.bypass()
         self.buffer = b""
         self.unlocked = False
         self.kept = False
@@ -915,9 +929,15 @@ class _Get(_CallHandler):
         rest = b"/".join(call.request.postpath)
         self.key = parseKey(rest)
         self.client = call.clientUUID(required=call.version is not None)
-        self.associatedFile = call.arg(b"associatedfile", decodeValue,
-                                       required=False)
-        self.offset = call.arg(b"offset", parseOffset, required=False) or 0
+        self.associatedFile = None
+        self.offset = 0
+        if call.version is not None:
+            # The unversioned route has no other parameters (p2phttp
+            # ignores them there).
+            self.associatedFile = call.arg(b"associatedfile", decodeValue,
+                                           required=False)
+            self.offset = call.arg(b"offset", parseOffset,
+                                   required=False) or 0
         self.bypass = call.bypass()
         self.sink = None
         self.download = None
@@ -1062,6 +1082,7 @@ class _Put(_CallHandler):
         self.needed = 0
         self.sent = 0
         self.overflow = False
+        self.held = b""
         self.discard = False
         self.ready = None
         self.outcome = None
@@ -1174,7 +1195,15 @@ class _Put(_CallHandler):
             data = data[:room]
         if data:
             self.sent += len(data)
-            self.sink.write(data)
+            if self.sent == self.needed:
+                # The last byte waits for the end of the body: a body
+                # longer than announced must not complete the content (a
+                # node stores complete, verified content whatever the
+                # sender's verdict).
+                self.held = data[-1:]
+                data = data[:-1]
+            if data:
+                self.sink.write(data)
             self._checkComplete()
 
     def _give_up(self, why):
@@ -1240,10 +1269,14 @@ class _Put(_CallHandler):
             return Outcome(False)
         if self.overflow:
             # More than announced: invalid, whatever the bytes verify as.
+            # The node never got the last byte, so it cannot store it.
             self._unregister()
             upload.abort("the body was longer than the %d bytes announced"
                          % (self.length,))
             return Outcome(False)
+        if self.held:
+            self.sink.write(self.held)
+            self.held = b""
         await self.sink.done
         return await upload.finish(bodyComplete)
 

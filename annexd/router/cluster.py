@@ -230,7 +230,10 @@ class Cluster:
             if self.clock() >= before:
                 return Outcome(False)
             return await node.repository.remove(key)
-        return await node.repository.remove(key, theirs + (before - self.clock()))
+        # A deadline already past is 0 on the node's clock (the P2P
+        # protocol has no negative numbers): it removes nothing present.
+        return await node.repository.remove(
+            key, max(0, theirs + (before - self.clock())))
 
     async def _remove(self, key, before):
         if not self.nodes:
