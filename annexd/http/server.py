@@ -681,16 +681,20 @@ class _CallHandler(_Handler):
             await self.call.authorize()
             await self.answer(request)
 
-        def failed(reason):
-            failure = _failureFor(reason.value)
-            if failure is None:
-                self._log.failure("{uri} failed", reason, uri=request.uri)
-                failure = HTTPFailure(500, "internal error")
-            if not request._disconnected and not request.finished:
-                request.fail(failure)
-
-        _run(respond()).addErrback(failed)
+        _run(respond()).addErrback(self.failed, request)
         return server.NOT_DONE_YET
+
+    def failed(self, reason, request):
+        """
+        Answer a request whose handling failed: the repository's reason
+        with its status, or (for the unexpected, which is logged) 500.
+        """
+        failure = _failureFor(reason.value)
+        if failure is None:
+            self._log.failure("{uri} failed", reason, uri=request.uri)
+            failure = HTTPFailure(500, "internal error")
+        if not request._disconnected and not request.finished:
+            request.fail(failure)
 
     async def answer(self, request):
         raise NotImplementedError()
@@ -1237,16 +1241,7 @@ class _Put(_CallHandler):
             request.answerJSON(stored=bool(outcome.ok),
                                **self.plus(outcome.uuids))
 
-        def failed(reason):
-            failure = _failureFor(reason.value)
-            if failure is None:
-                self._log.failure("put of {key} failed", reason,
-                                  key=str(self.key))
-                failure = HTTPFailure(500, "internal error")
-            if not request._disconnected and not request.finished:
-                request.fail(failure)
-
-        _run(respond()).addErrback(failed)
+        _run(respond()).addErrback(self.failed, request)
         return server.NOT_DONE_YET
 
     async def _finish(self):
