@@ -213,6 +213,23 @@ class LocalNodeTests(unittest.TestCase):
         self.assertEqual(len(lockPool._idle), 1)
         self.assertEqual(len(lockPool._open), 1)
 
+    async def test_abortedUploadThenRetry(self):
+        """
+        Right after an upload is abandoned, a new upload of the same key
+        waits for the abandoned session's process to go (it holds the
+        node's transfer lock) and then succeeds, resuming from what the
+        node kept.
+        """
+        data = os.urandom(3 << 20)
+        key = keyOf(data)
+        for attempt in range(3):
+            upload = await self.node.put(key, None)
+            sink = upload.receive(len(data) - upload.offset)
+            sink.write(data[upload.offset:upload.offset + (512 << 10)])
+            upload.abort("client went away")
+        self.assertTrue((await self.putBytes(data)).ok)
+        self.assertEqual(self.nodeSha256(key), hashlib.sha256(data).hexdigest())
+
     async def test_lockAbsent(self):
         """
         Locking content the node lacks gives no lock.

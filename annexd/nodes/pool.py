@@ -72,7 +72,9 @@ class SessionPool:
                 "cannot start %s for %s: %s" % (what, self.name, e)))
         self.processes.append(bridge)
         bridge.ended.addBoth(lambda _: self.processes.remove(bridge))
-        return P2PClient(bridge.connection, self.uuid).handshake(version, bypass)
+        client = P2PClient(bridge.connection, self.uuid)
+        client.process = bridge
+        return client.handshake(version, bypass)
 
     async def _checkout(self):
         if self._closed:
@@ -99,6 +101,15 @@ class SessionPool:
             self._open.discard(session)
             if session.broken is None:
                 session.close()
+        process = getattr(session, "process", None)
+        if (session.broken is not None and process is not None
+                and not process.ended.called):
+            # A broken session's process may still hold the node's
+            # transfer lock ("transfer already in progress"): its slot is
+            # free only once the process is gone (it is killed if it does
+            # not exit soon, see annexd.nodes.process).
+            process.ended.addBoth(lambda _: self._slots.release())
+            return
         self._slots.release()
 
     def _run(self, method, *args):
