@@ -53,7 +53,6 @@ import argparse
 import hashlib
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -62,14 +61,13 @@ import time
 
 from annexd import gitannex
 from tests.support.annex import _rmtree, build_cluster
-from tests.support.daemon import Daemon, freePort
+from tests.support.daemon import annexdArgv, freePort, spawnServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
 FILE = "big.bin"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
-_START = "import sys; from annexd.cli import main; main(sys.argv[1:])"
 # twistd ends by re-raising the signal that stopped it, so the statistics
 # are written by a reactor shutdown trigger, not after main() returns.
 _START_PROFILED = (
@@ -263,26 +261,8 @@ def startServer(argv, cwd, env, port, log, executable=None, timeout=60):
 
     @rtype: L{tests.support.daemon.Daemon}
     """
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            argv, executable=executable, cwd=cwd, env=env,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    server = Daemon(process, port, log)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError("%s exited with %s:\n%s" % (
-                argv[0], process.returncode, server.output()))
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return server
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError("%s did not listen within %d s:\n%s" % (
-                    argv[0], timeout, server.output()))
-            time.sleep(0.05)
+    return spawnServer(argv, port, log, cwd=cwd, env=env,
+                       executable=executable).waitListening(timeout)
 
 
 def _terminate(signum, frame):
@@ -323,7 +303,7 @@ class Bench:
             argv = [sys.executable, "-c", _START_PROFILED,
                     os.path.abspath(self.profile)]
         else:
-            argv = [sys.executable, "-c", _START]
+            argv = annexdArgv([])
         argv += ["--repo", self.gateway,
                  "--http", "tcp:%d:interface=127.0.0.1" % (port,),
                  "--wideopen"]

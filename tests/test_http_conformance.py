@@ -42,9 +42,6 @@ import hashlib
 import http.client
 import json
 import os
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 import uuid as uuidlib
@@ -56,7 +53,7 @@ from twisted.trial import unittest
 
 from tests.support.annex import (
     _make_writable, _rmtree, copy_cluster, template_cluster)
-from tests.support.daemon import freePort, startDaemon
+from tests.support.daemon import freePort, spawnServer, startDaemon
 
 #: Seconds to wait for one answer.
 REQUEST_TIMEOUT = 20.0
@@ -273,26 +270,11 @@ def preparedCluster():
     return _prepared
 
 
-def _stopProcess(process):
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except OSError:
-            pass
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            process.wait()
-
-
 def startReference(testcase, cluster):
     """
     Start C{git-annex p2phttp -J4 --wideopen} on 127.0.0.1 in C{cluster}'s
-    gateway, and stop it (its process group) when the test ends.
+    gateway (the binary itself, so the pid is the server's), and stop it
+    when the test ends.
 
     @return: a callable that waits until it accepts connections and
         returns its port.
@@ -301,33 +283,11 @@ def startReference(testcase, cluster):
     executable, argv = cluster.env.gitannex.argv(
         "git-annex", "p2phttp", "-J4", "--wideopen", "--bind", "127.0.0.1",
         "--port", str(port))
-    logPath = testcase.mktemp() + ".p2phttp.log"
-    os.makedirs(os.path.dirname(logPath), exist_ok=True)
-    with open(logPath, "wb") as out:
-        process = subprocess.Popen(
-            argv, executable=executable, cwd=cluster.gateway.path,
-            env=cluster.env.env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    testcase.addCleanup(_stopProcess, process)
-
-    def listening(timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                with open(logPath, "rb") as f:
-                    raise RuntimeError(
-                        "git-annex p2phttp exited with %s:\n%s" % (
-                            process.returncode,
-                            f.read().decode("utf-8", "replace")))
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                return port
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("git-annex p2phttp did not listen "
-                                       "within %d s" % (timeout,))
-                time.sleep(0.05)
-    return listening
+    server = spawnServer(argv, port, testcase.mktemp() + ".p2phttp.log",
+                         cwd=cluster.gateway.path, env=cluster.env.env,
+                         executable=executable, name="git-annex p2phttp")
+    testcase.addCleanup(server.stop)
+    return lambda: server.waitListening().port
 
 
 # -- requests and answers --------------------------------------------------

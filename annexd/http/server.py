@@ -932,7 +932,7 @@ class _Get(_CallHandler):
         call = self.call
         rest = b"/".join(call.request.postpath)
         self.key = parseKey(rest)
-        self.client = call.clientUUID(required=call.version is not None)
+        call.clientUUID(required=call.version is not None)
         self.associatedFile = None
         self.offset = 0
         if call.version is not None:
@@ -1087,6 +1087,7 @@ class _Put(_CallHandler):
         self.sent = 0
         self.overflow = False
         self.held = b""
+        self.finishing = False
         self.discard = False
         self.ready = None
         self.outcome = None
@@ -1220,13 +1221,11 @@ class _Put(_CallHandler):
         _CallHandler.connectionLost(self, reason)
         if self.watchdog is not None:
             self.watchdog.cancel()
-        if self.upload is not None and self.outcome is None and not self.done():
+        if (self.upload is not None and self.outcome is None
+                and not self.finishing):
             self._unregister()
             self.upload.abort("client went away mid-upload")
             self.outcome = Outcome(False)
-
-    def done(self):
-        return getattr(self, "_finishing", False)
 
     def render(self, request):
         async def respond():
@@ -1245,7 +1244,7 @@ class _Put(_CallHandler):
         return server.NOT_DONE_YET
 
     async def _finish(self):
-        self._finishing = True
+        self.finishing = True
         upload = self.upload
         if self.outcome is not None:
             if upload is not None and not self.outcome.alreadyHad and (

@@ -38,8 +38,7 @@ def makeSite(reactor, hosts, auth=None, timeout=60):
         gitResources[name.encode("utf-8")] = _Guarded(
             GitRepositoryResource(
                 host.state.gitDir, host.state.uuid.decode("ascii"),
-                lambda request, name=name: annexUrlFor(request, name)),
-            auth)
+                lambda request, name=name: annexUrlFor(request, name)))
     root = Root(hosts, auth, reactor, gitResources)
     return AnnexSite(root, timeout=timeout)
 
@@ -52,10 +51,10 @@ class _Guarded:
 
     buffersBody = True
 
-    def __init__(self, resource, auth):
+    isLeaf = True
+
+    def __init__(self, resource):
         self.resource = resource
-        self.auth = auth
-        self.isLeaf = True
 
     def getChildWithDefault(self, name, request):
         return self
