@@ -8,8 +8,9 @@ git-annex stores it), not only by what the connector reports.
 
 import hashlib
 import os
+import signal
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -229,6 +230,36 @@ class LocalNodeTests(unittest.TestCase):
             upload.abort("client went away")
         self.assertTrue((await self.putBytes(data)).ok)
         self.assertEqual(self.nodeSha256(key), hashlib.sha256(data).hexdigest())
+
+    async def test_abortedUploadThenRetryWithFreeSlots(self):
+        """
+        With sessions to spare, a new upload of a key still waits for the
+        process of an abandoned upload of the same key to go (until it
+        exits it may still write the node's partial file of that key);
+        uploads of other keys do not wait.
+        """
+        self.node = self.makeNode(maxSessions=4)
+        data = os.urandom(3 << 20)
+        key = keyOf(data)
+        upload = await self.node.put(key, None)
+        sink = upload.receive(len(data) - upload.offset)
+        sink.write(data[upload.offset:upload.offset + (512 << 10)])
+        [old] = self.node.processes
+        pid = old.transport.pid
+        # Hold the abandoned session's process where it is.
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(lambda: old.ended.called or os.kill(pid, signal.SIGCONT))
+        upload.abort("client went away")
+        retry = defer.ensureDeferred(self.putBytes(data))
+        self.assertTrue((await self.putBytes(os.urandom(1000))).ok)
+        self.assertFalse(retry.called)
+        # The retry has not even started a session of its own: only the
+        # held process and the one the other key's upload used exist.
+        self.assertEqual(len(self.node.processes), 2)
+        os.kill(pid, signal.SIGCONT)
+        self.assertTrue((await retry).ok)
+        self.assertEqual(self.nodeSha256(key), hashlib.sha256(data).hexdigest())
+        self.assertEqual(self.node._ending, {})
 
     async def test_lockAbsent(self):
         """

@@ -51,6 +51,9 @@ class SessionPool:
         self._open = set()
         self._closed = False
         self._lockPool = None
+        #: key -> Deferred firing when the process of a broken transfer
+        #: session for that key has exited
+        self._ending = {}
         #: the child processes (L{P2PProcessProtocol}) of running sessions
         self.processes = []
 
@@ -93,7 +96,7 @@ class SessionPool:
         self._open.add(session)
         return session
 
-    def _checkin(self, session):
+    def _checkin(self, session, key=None):
         if (session.broken is None and not self._closed
                 and len(self._idle) < self.maxIdle):
             self._idle.append(session)
@@ -107,24 +110,47 @@ class SessionPool:
             # A broken session's process may still hold the node's
             # transfer lock ("transfer already in progress"): its slot is
             # free only once the process is gone (it is killed if it does
-            # not exit soon, see annexd.nodes.process).
-            process.ended.addBoth(lambda _: self._slots.release())
+            # not exit soon, see annexd.nodes.process).  Another transfer
+            # of the same key waits for it too, even when a slot is free:
+            # until it exits, it may still write the node's partial file
+            # of that key.
+            def gone(result):
+                self._slots.release()
+                if self._ending.get(key) is process.ended:
+                    del self._ending[key]
+                return result
+            if key is not None:
+                self._ending[key] = process.ended
+            process.ended.addBoth(gone)
             return
         self._slots.release()
 
-    def _run(self, method, *args):
+    def _run(self, method, *args, key=None):
+        """
+        Run one exchange on a checked-out session.
+
+        @param key: for transfers, the key: a transfer of a key waits until
+            a broken earlier transfer of the same key has let go of the
+            node.
+        """
         async def run():
+            while key in self._ending:
+                ending = defer.Deferred()
+                self._ending[key].addBoth(
+                    lambda result: (ending.callback(None), result)[1])
+                await ending
             session = await self._checkout()
             try:
                 result = await getattr(session, method)(*args)
             except BaseException:
-                self._checkin(session)
+                self._checkin(session, key)
                 raise
             completed = getattr(result, "completed", None)
             if completed is None:
-                self._checkin(session)
+                self._checkin(session, key)
             else:
-                completed.addCallback(lambda _: self._checkin(session))
+                completed.addBoth(
+                    lambda outcome: (self._checkin(session, key), outcome)[1])
             return result
         return defer.Deferred.fromCoroutine(run())
 
@@ -158,10 +184,10 @@ class SessionPool:
         return self._run("getTimestamp")
 
     def get(self, key, associatedFile, offset):
-        return self._run("get", key, associatedFile, offset)
+        return self._run("get", key, associatedFile, offset, key=key)
 
     def put(self, key, associatedFile):
-        return self._run("put", key, associatedFile)
+        return self._run("put", key, associatedFile, key=key)
 
     def session(self):
         """
