@@ -30,13 +30,14 @@ class LocalNode(SessionPool):
 
     def __init__(self, reactor, path, uuid, clientUUID, maxSessions=1,
                  name=None, gitAnnex=None, version=MAX_PROTOCOL_VERSION,
-                 bypass=(), environment=None):
+                 bypass=(), environment=None, **poolOptions):
         """
         @param environment: the environment of the git-annex-shell
             processes (default: ours, see L{childEnvironment}).
         """
         SessionPool.__init__(self, uuid, self._openSession, maxSessions,
-                             name or path)
+                             name or path, reactor=reactor,
+                             **poolOptions)
         self.reactor = reactor
         self.path = path
         self.clientUUID = clientUUID

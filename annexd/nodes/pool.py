@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_localnode -*-
+# -*- test-case-name: tests.test_pool,tests.test_localnode -*-
 """
 A repository reached through a bounded set of reusable P2P sessions.
 
@@ -8,7 +8,27 @@ idle one, or a new one while fewer than C{maxSessions} exist), and checks it
 back in when its exchange is over: at once for CHECKPRESENT, REMOVE and
 GETTIMESTAMP; when the download or upload is finished; when a content lock
 is released.  Broken sessions are dropped, never reused.
+
+Idle sessions are closed after C{idleTimeout} seconds without use (a timer
+per idle session, cancelled when the session is checked out again).
+
+A node whose sessions cannot be opened (C{connect} fails) is marked down:
+until its retry time, a request that needs a new session fails at once
+with L{RepositoryUnavailable} (C{"NAME is down: ERROR (next try in N s)"})
+instead of trying to connect; idle sessions that are still open are used as
+usual.  From the retry time on, the first request that needs a new session
+tries to connect; while it tries, the others fail at once (C{"NAME is down:
+ERROR (trying again now)"}).  The delay before a retry starts at
+L{BACKOFF_INITIAL} seconds and doubles with every failed retry, up to
+L{BACKOFF_MAX}; any successful connect marks the node up again and resets
+it.  A session that breaks during an exchange does not mark the node down
+(a client going away breaks sessions too).  Content-lock sessions come from
+a sub-pool that shares the node's down state.
+
+L{SessionPool.status} reports the pool's state for monitoring.
 """
+
+import math
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -18,6 +38,40 @@ from annexd.interfaces import IRepository, Outcome, RepositoryUnavailable
 from annexd.nodes.process import spawnP2P
 from annexd.protocol.client import P2PClient
 
+#: Seconds an idle session stays open (default of C{idleTimeout}).
+IDLE_TIMEOUT = 60.0
+
+#: Seconds before the first retry of a node that went down.
+BACKOFF_INITIAL = 1.0
+
+#: The longest delay between retries of a node that stays down.
+BACKOFF_MAX = 60.0
+
+
+class _Health:
+    """
+    Whether a node is up: shared by a pool and its lock sub-pool.
+
+    @ivar error: L{None} while up; else the text of the last connect error.
+    @ivar since: when the node went down (reactor time).
+    @ivar retryAt: from when a new connect may be tried.
+    @ivar delay: the delay that led to C{retryAt}.
+    @ivar probing: a retry is under way.
+    """
+
+    def __init__(self):
+        self.probing = False
+        self.reset()
+
+    def reset(self):
+        """
+        The node is up.
+        """
+        self.error = None
+        self.since = None
+        self.retryAt = None
+        self.delay = None
+
 
 @implementer(IRepository)
 class SessionPool:
@@ -25,6 +79,10 @@ class SessionPool:
     @ivar uuid: the repository's uuid.
     @ivar name: a human name for logs and errors.
     @ivar maxSessions: at most this many sessions at once (annex.jobs).
+    @ivar idleTimeout: seconds after which an idle session is closed
+        (L{None}: never); read when a session becomes idle.
+    @ivar started: how many sessions were opened successfully since the
+        pool was made, content-lock sessions included.
     """
 
     _log = Logger()
@@ -36,26 +94,45 @@ class SessionPool:
     maxLockSessions = 100
 
     def __init__(self, uuid, connect, maxSessions=1, name=None,
-                 maxIdle=None):
+                 maxIdle=None, idleTimeout=IDLE_TIMEOUT, reactor=None):
         """
         @param maxIdle: keep at most this many idle sessions open (default:
             all of them, up to C{maxSessions}).
+        @param idleTimeout: close a session that stayed idle this many
+            seconds (L{None}: keep it).
+        @param reactor: the reactor for timers and time (default: the
+            global reactor).
         """
         self.uuid = uuid
         self.maxIdle = maxSessions if maxIdle is None else maxIdle
         self.name = name or uuid.decode("ascii", "replace")
         self.maxSessions = maxSessions
+        self.idleTimeout = idleTimeout
+        if reactor is None:
+            from twisted.internet import reactor
+        self._clock = reactor
         self._connect = connect
         self._slots = defer.DeferredSemaphore(maxSessions)
         self._idle = []
         self._open = set()
+        #: idle session -> its idle-timeout IDelayedCall
+        self._timers = {}
         self._closed = False
         self._lockPool = None
+        self._health = _Health()
+        self._started = 0
         #: key -> Deferred firing when the process of a broken transfer
         #: session for that key has exited
         self._ending = {}
         #: the child processes (L{P2PProcessProtocol}) of running sessions
         self.processes = []
+
+    @property
+    def started(self):
+        started = self._started
+        if self._lockPool is not None:
+            started += self._lockPool._started
+        return started
 
     def _childSession(self, reactor, executable, args, environment, what,
                       version, bypass):
@@ -79,17 +156,117 @@ class SessionPool:
         client.process = bridge
         return client.handshake(version, bypass)
 
+    # -- down marking -------------------------------------------------------
+
+    def _downError(self):
+        """
+        @return: the L{RepositoryUnavailable} for a request that needs a
+            new session now, or L{None} if it may try to connect.
+        """
+        health = self._health
+        if health.error is None:
+            return None
+        if health.probing:
+            when = "trying again now"
+        else:
+            wait = health.retryAt - self._clock.seconds()
+            if wait <= 0:
+                return None
+            when = "next try in %d s" % (math.ceil(wait),)
+        return RepositoryUnavailable(
+            "%s is down: %s (%s)" % (self.name, health.error, when))
+
+    async def _newSession(self):
+        """
+        Open a session, unless the node is down and not due for a retry;
+        keep the node's up/down state.
+        """
+        refused = self._downError()
+        if refused is not None:
+            raise refused
+        health = self._health
+        probe = health.error is not None
+        if probe:
+            health.probing = True
+        try:
+            session = await self._connect()
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            self._connectFailed(e, probe)
+            raise
+        finally:
+            if probe:
+                health.probing = False
+        self._started += 1
+        if health.error is not None:
+            self._log.info(
+                "{name} is up again (down {duration:.1f} s: {error})",
+                name=self.name, error=health.error,
+                duration=self._clock.seconds() - health.since)
+            health.reset()
+        return session
+
+    def _connectFailed(self, error, probe):
+        health = self._health
+        text = str(error) or error.__class__.__name__
+        now = self._clock.seconds()
+        if health.error is None:
+            health.since = now
+            health.delay = BACKOFF_INITIAL
+            self._log.warn("{name} is down: {error} (next try in {delay} s)",
+                           name=self.name, error=text, delay=health.delay)
+        elif probe:
+            health.delay = min(health.delay * 2, BACKOFF_MAX)
+        else:
+            # A connect begun before the node went down: no new schedule.
+            health.error = text
+            return
+        health.error = text
+        health.retryAt = now + health.delay
+
+    # -- sessions -----------------------------------------------------------
+
+    def _takeIdle(self):
+        """
+        @return: an idle usable session, out of the idle list, or L{None}.
+        """
+        while self._idle:
+            session = self._idle.pop()
+            timer = self._timers.pop(session, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if session.broken is None:
+                return session
+            self._open.discard(session)
+        return None
+
+    def _expire(self, session):
+        """
+        The idle timeout of C{session}: close it.
+        """
+        self._timers.pop(session, None)
+        if session not in self._idle:
+            return
+        self._idle.remove(session)
+        self._open.discard(session)
+        if session.broken is None:
+            session.close()
+
     async def _checkout(self):
         if self._closed:
             raise RepositoryUnavailable("%s: closed" % (self.name,))
+        if not self._idle:
+            # Fail fast, without waiting for a slot, if a new session would
+            # be refused anyway.
+            refused = self._downError()
+            if refused is not None:
+                raise refused
         await self._slots.acquire()
         try:
-            while self._idle:
-                session = self._idle.pop()
-                if session.broken is None:
-                    return session
-                self._open.discard(session)
-            session = await self._connect()
+            session = self._takeIdle()
+            if session is None:
+                session = await self._newSession()
         except BaseException:
             self._slots.release()
             raise
@@ -100,6 +277,9 @@ class SessionPool:
         if (session.broken is None and not self._closed
                 and len(self._idle) < self.maxIdle):
             self._idle.append(session)
+            if self.idleTimeout is not None:
+                self._timers[session] = self._clock.callLater(
+                    self.idleTimeout, self._expire, session)
         else:
             self._open.discard(session)
             if session.broken is None:
@@ -166,7 +346,12 @@ class SessionPool:
             # session ready, close the rest as their locks are released.
             self._lockPool = SessionPool(self.uuid, self._connect,
                                          self.maxLockSessions, self.name,
-                                         maxIdle=1)
+                                         maxIdle=1,
+                                         idleTimeout=self.idleTimeout,
+                                         reactor=self._clock)
+            # One node: a failed lock session marks it down for transfers
+            # too, and the other way round.
+            self._lockPool._health = self._health
         return self._lockPool._run("lockContent", key)
 
     def remove(self, key, before=None):
@@ -215,6 +400,10 @@ class SessionPool:
         self._closed = True
         if self._lockPool is not None:
             running.append(self._lockPool.close())
+        timers, self._timers = self._timers, {}
+        for timer in timers.values():
+            if timer.active():
+                timer.cancel()
         idle, self._idle = self._idle, []
         waits = [s.close() for s in idle]
         for s in idle:
@@ -223,3 +412,35 @@ class SessionPool:
             waits.append(s.connection.whenClosed())
             s.close()
         return defer.DeferredList(waits + running)
+
+    def status(self):
+        """
+        The pool's state, for monitoring.
+
+        @return: a dict: C{name}, C{uuid} (str); C{up} (bool); C{idle} and
+            C{busy}, the open sessions that are idle and those in use
+            (content-lock sessions included in both); C{started}, the
+            sessions opened since the pool was made; C{error}, the last
+            connect error while down, else L{None}; C{retryIn}, the seconds
+            until a new connect may be tried while down (0 while one is
+            under way), else L{None}; C{maxSessions}.
+        """
+        health = self._health
+        pools = [self] if self._lockPool is None else [self, self._lockPool]
+        idle = sum(len(pool._idle) for pool in pools)
+        busy = sum(len(pool._open.difference(pool._idle)) for pool in pools)
+        retryIn = None
+        if health.error is not None:
+            retryIn = 0.0 if health.probing else max(
+                0.0, health.retryAt - self._clock.seconds())
+        return {
+            "name": self.name,
+            "uuid": self.uuid.decode("utf-8", "replace"),
+            "up": health.error is None,
+            "idle": idle,
+            "busy": busy,
+            "started": self.started,
+            "error": health.error,
+            "retryIn": retryIn,
+            "maxSessions": self.maxSessions,
+        }

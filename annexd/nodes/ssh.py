@@ -85,12 +85,13 @@ class SshNode(SessionPool):
 
     def __init__(self, reactor, url, uuid, clientUUID, maxSessions=1,
                  name=None, sshOptions=None, shell=None,
-                 version=MAX_PROTOCOL_VERSION, bypass=(), environment=None):
+                 version=MAX_PROTOCOL_VERSION, bypass=(), environment=None, **poolOptions):
         parsed = parseSshUrl(url)
         if parsed is None:
             raise ValueError("not an ssh url: %s" % (url,))
         SessionPool.__init__(self, uuid, self._openSession, maxSessions,
-                             name or url)
+                             name or url, reactor=reactor,
+                             **poolOptions)
         self.reactor = reactor
         self.host, self.port, self.directory = parsed
         self.clientUUID = clientUUID
