@@ -17,12 +17,25 @@ the rest of the upload has been written to it.
 import os
 import shutil
 import tempfile
+import weakref
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 #: Bytes read from the spool per write to a node.
 READ_SIZE = 256 * 1024
+
+#: Every spool whose file is open (weakly: a spool dropped without
+#: L{Spool.close} leaves with its file).
+_openSpools = weakref.WeakSet()
+
+
+def spooledBytes():
+    """
+    The bytes held right now in the files of all open spools (of every
+    cluster in this process), for monitoring.
+    """
+    return sum(spool.end - spool.start for spool in list(_openSpools))
 
 
 class SpoolRefused(Exception):
@@ -69,6 +82,7 @@ class Spool:
         self.end = start
         self.finished = False
         self._readers = []
+        _openSpools.add(self)
 
     def append(self, data):
         """
@@ -107,6 +121,7 @@ class Spool:
             self.close()
 
     def close(self):
+        _openSpools.discard(self)
         if self._file is not None:
             self._file.close()
             self._file = None
