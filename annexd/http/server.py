@@ -655,7 +655,7 @@ class _Call:
         return d.addCallback(decided)
 
     def repository(self, bypass=()):
-        return self.host.repository(self.uuid, bypass)
+        return self.host.repository(self.uuid, bypass, frontend="http")
 
 
 def _run(coroutine):

@@ -48,19 +48,47 @@ class GatewayHost:
     _log = Logger()
 
     def __init__(self, reactor, path, name=None, environment=None,
-                 gitAnnex=None, maxLocks=100, commitDelay=1.0):
+                 gitAnnex=None, maxLocks=100, commitDelay=1.0, monitor=None,
+                 poolOptions=None):
+        """
+        @param monitor: an L{annexd.monitor.Monitor} that counts the
+            requests of every front-end and node, or L{None}.
+        @param poolOptions: keywords for the node session pools (see
+            L{annexd.nodes.pool.SessionPool}).
+        """
         self.reactor = reactor
-        self.state = GatewayState.load(path)
         self.name = name or repositoryName(path)
-        self.router = Router(reactor, self.state, environment=environment,
-                             gitAnnex=gitAnnex, share=True)
+        self.monitor = monitor
+        wrapNode = None
+        if monitor is not None:
+            def wrapNode(connector, name):
+                return monitor.instrument(connector, node=name)
+        self.router = Router(reactor, GatewayState.load(path),
+                             environment=environment, gitAnnex=gitAnnex,
+                             share=True, poolOptions=poolOptions,
+                             wrapNode=wrapNode)
+        if monitor is not None:
+            monitor.addPools(self.router.pools)
         self.locks = LockTable(reactor, maxLocks=maxLocks)
         self.committer = JournalCommitter(reactor, self.state.path,
                                           delay=commitDelay, env=environment)
 
     @property
+    def state(self):
+        return self.router.state
+
+    @property
     def uuid(self):
         return self.state.uuid
+
+    def reload(self):
+        """
+        Re-read the gateway's configuration and git-annex branch (after
+        C{git annex updatecluster}, a new node, changed preferred content):
+        requests from now on see it; transfers in flight finish with what
+        they started with.
+        """
+        self.router.reloadState()
 
     def serves(self, uuid):
         """
@@ -71,14 +99,30 @@ class GatewayHost:
         return (uuid == state.uuid or uuid in state.clusters
                 or state.isProxied(uuid))
 
-    def repository(self, uuid, bypass=()):
+    def repository(self, uuid, bypass=(), frontend=None):
         """
         The L{IRepository} serving C{uuid}, recording where content goes.
 
+        @param frontend: the front-end asking (C{"http"}, C{"ssh"},
+            C{"p2p"}), for metrics.
         @raise annexd.router.router.UnknownTarget: if not served here.
         """
         target = self.router.resolve(uuid, self.state.uuid, bypass)
-        return RecordingRepository(target, self._record, self.state.uuid)
+        served = RecordingRepository(target, self._record, self.state.uuid)
+        if self.monitor is not None and frontend is not None:
+            served = self.monitor.instrument(served, frontend=frontend,
+                                             target=self._name(uuid))
+        return served
+
+    def _name(self, uuid):
+        state = self.state
+        if uuid == state.uuid:
+            return self.name
+        info = state.clusters.get(uuid)
+        if info is not None:
+            return info.name
+        remotes = state.remotesFor(uuid) if state.isProxied(uuid) else ()
+        return remotes[0].name if remotes else uuid.decode("ascii", "replace")
 
     def _record(self, key, uuid, present):
         changed = self.router.record(key, uuid, present)

@@ -67,7 +67,7 @@ class Router:
     _log = Logger()
 
     def __init__(self, reactor, state, environment=None, policy=None,
-                 gitAnnex=None, share=False):
+                 gitAnnex=None, share=False, poolOptions=None, wrapNode=None):
         """
         @param share: keep the node connectors (and their session pools)
             and clusters, and hand the same ones to every caller, as a
@@ -75,6 +75,10 @@ class Router:
             must then not close what L{resolve} gives them (L{close} does).
             Without it every L{resolve} builds fresh connectors (one ssh
             session's lifetime).
+        @param poolOptions: further keywords for every node connector's
+            L{annexd.nodes.pool.SessionPool} (e.g. C{idleTimeout}).
+        @param wrapNode: a callable C{(connector, name) -> IRepository}
+            applied to every node connector (metrics).
         """
         self.reactor = reactor
         self.state = state
@@ -83,6 +87,8 @@ class Router:
         self.locations = LocationLog(state.gitDir)
         self.policy = policy or PreferredContentPolicy(state, self.locations)
         self._shared = {} if share else None
+        self.poolOptions = poolOptions or {}
+        self._wrapNode = wrapNode
 
     def reloadState(self):
         """
@@ -156,6 +162,22 @@ class Router:
             made = self._shared[key] = build()
         return made
 
+    def _node(self, key, name, build):
+        def wrapped():
+            made = build()
+            if self._wrapNode is not None:
+                made = self._wrapNode(made, name)
+            return made
+        return self._share(key, wrapped)
+
+    def pools(self):
+        """
+        The status of every shared node connector's session pool (see
+        L{annexd.nodes.pool.SessionPool.status}).
+        """
+        return [made.status() for key, made in list((self._shared or {}).items())
+                if key[0] != "cluster" and hasattr(made, "status")]
+
     def close(self):
         """
         Close every shared connector (a shared router's end).
@@ -170,12 +192,13 @@ class Router:
             if key[0] != "cluster" and hasattr(made, "close")])
 
     def _local(self, path, uuid, clientUUID, name, bypass=()):
-        return self._share(
-            ("local", path, uuid, clientUUID, tuple(bypass)),
+        return self._node(
+            ("local", path, uuid, clientUUID, tuple(bypass)), name,
             lambda: LocalNode(self.reactor, path, uuid, clientUUID,
                               maxSessions=self.state.jobs, name=name,
                               gitAnnex=self.gitAnnex,
-                              environment=self.environment, bypass=bypass))
+                              environment=self.environment, bypass=bypass,
+                              **self.poolOptions))
 
     def _connector(self, remote, uuid, bypass=()):
         path = remote.localPath(self.state.path)
@@ -183,14 +206,15 @@ class Router:
             return self._local(path, uuid, self.state.uuid, remote.name,
                                bypass)
         if remote.url and parseSshUrl(remote.url) is not None:
-            return self._share(
-                ("ssh", remote.url, uuid, tuple(bypass)),
+            return self._node(
+                ("ssh", remote.url, uuid, tuple(bypass)), remote.name,
                 lambda: SshNode(self.reactor, remote.url, uuid,
                                 self.state.uuid, maxSessions=self.state.jobs,
                                 name=remote.name,
                                 sshOptions=remote.sshOptions,
                                 shell=remote.shell, bypass=bypass,
-                                environment=self.environment))
+                                environment=self.environment,
+                                **self.poolOptions))
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
 

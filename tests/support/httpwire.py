@@ -43,7 +43,7 @@ class FakeHost:
     def serves(self, uuid):
         return uuid in self.repositories
 
-    def repository(self, uuid, bypass=()):
+    def repository(self, uuid, bypass=(), frontend=None):
         self.bypasses.append(bypass)
         try:
             return self.repositories[uuid]
