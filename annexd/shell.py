@@ -112,11 +112,16 @@ class Settings:
     @ivar mode: the P2P L{ServerMode} name.
     @ivar limited: whether git commands are refused.
     @ivar directory: GIT_ANNEX_SHELL_DIRECTORY, if set.
+    @ivar control: the daemon's control socket (C{--control}, the
+        configuration file, or C{ANNEXD_CONTROL}), or L{None}.
+    @ivar user: the ssh identity (C{--user}), passed on to the daemon.
     """
 
     def __init__(self, repos=(), readonly=False, appendonly=False,
-                 environ=None):
+                 environ=None, control=None, user=None):
         environ = os.environ if environ is None else environ
+        self.control = control or environ.get("ANNEXD_CONTROL") or None
+        self.user = user
         self.repos = [os.path.realpath(expandDirectory(r)) for r in repos]
         self.readonly = readonly
         envReadonly = bool(environ.get("GIT_ANNEX_SHELL_READONLY"))
@@ -167,18 +172,21 @@ def loadConfig(path):
     Read annexd-shell settings from the C{[shell]} section of an annexd
     configuration file (see C{etc/annexd.conf.example}).
 
-    @return: C{(repos, readonly, appendonly)}
+    @return: C{(repos, readonly, appendonly, control)}; C{control} comes
+        from C{[shell]}, else from the daemon's own C{[annexd]} section.
     """
     parser = configparser.ConfigParser()
     with open(path) as f:
         parser.read_file(f)
+    control = (parser.get("annexd", "control", fallback=None) or None)
     if not parser.has_section("shell"):
-        return [], False, False
+        return [], False, False, control
     section = parser["shell"]
     repos = [line.strip() for line in section.get("repo", "").splitlines()
              if line.strip()]
     return (repos, section.getboolean("readonly", False),
-            section.getboolean("appendonly", False))
+            section.getboolean("appendonly", False),
+            section.get("control") or control)
 
 
 def _configlist(state, options):
@@ -263,6 +271,15 @@ def run(words, settings, out=sys.stdout):
     path = settings.checkPath(directory)
     if subcommand in PASSTHROUGH:
         return _passthrough(words, settings)
+    if subcommand == "p2pstdio" and settings.control:
+        if not params:
+            raise Refused("p2pstdio: missing UUID parameter")
+        status = relay(settings.control, {
+            "version": 1, "command": "p2pstdio", "repo": path,
+            "client": params[0], "target": options["uuid"],
+            "mode": settings.mode, "user": settings.user})
+        if status is not None:
+            return status
     from annexd.annex.state import GatewayState
     try:
         state = GatewayState.load(path)
@@ -280,6 +297,57 @@ def run(words, settings, out=sys.stdout):
     _startLogging()
     _serveP2P(state, settings, target, params[0].encode())
     return 0
+
+
+def relay(control, request, stdin=0, stdout=1):
+    """
+    Hand this P2P session to the daemon listening on the unix socket
+    C{control} (see L{annexd.control}): pass it our standard input and
+    output with the request, and wait for the session to end.
+
+    @return: the exit status, or L{None} when there is no daemon there, or
+        it does not serve the repository (the caller serves it itself).
+    @raise Refused: when the daemon refuses the session.
+    """
+    import json
+    import socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(control)
+    except OSError:
+        sock.close()
+        return None
+    with sock, sock.makefile("rb") as replies:
+        try:
+            socket.send_fds(sock, [json.dumps(request).encode() + b"\n"],
+                            [stdin, stdout])
+            answer = replies.readline(65536)
+        except OSError:
+            return None
+        try:
+            answer = json.loads(answer) if answer else {}
+        except ValueError:
+            answer = {}
+        if "error" in answer:
+            raise Refused(str(answer["error"]))
+        if not answer.get("ok"):
+            # No daemon that serves this (gone, or another repository).
+            return None
+        # The daemon serves the session on the descriptors now: let go of
+        # ours, so that the client sees the end when the daemon closes
+        # them.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, stdin)
+        os.dup2(devnull, stdout)
+        os.close(devnull)
+        try:
+            end = json.loads(replies.readline(65536) or b"{}")
+        except (OSError, ValueError):
+            end = {}
+    if "exit" not in end:
+        sys.stderr.write("annexd-shell: the daemon ended the session\n")
+        return 1
+    return int(end["exit"])
 
 
 def _git(words, settings):
@@ -317,6 +385,12 @@ def _arguments(argv):
     parser.add_argument("--readonly", action="store_true")
     parser.add_argument("--appendonly", action="store_true")
     parser.add_argument("--config", help="annexd configuration file")
+    parser.add_argument("--control",
+                        help="the annexd daemon's control socket (sessions "
+                             "are relayed to it; without a daemon there, "
+                             "served here)")
+    parser.add_argument("--user", help="the ssh identity, for the daemon's "
+                                       "logs and metrics")
     parser.add_argument("-c", dest="command", help="the command to run")
     parser.add_argument("words", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
@@ -330,12 +404,15 @@ def main(argv=None):
     args = _arguments(sys.argv[1:] if argv is None else list(argv))
     try:
         repos, readonly, appendonly = list(args.repo), args.readonly, args.appendonly
+        control = args.control
         if args.config:
-            cRepos, cReadonly, cAppendonly = loadConfig(args.config)
+            cRepos, cReadonly, cAppendonly, cControl = loadConfig(args.config)
             repos += cRepos
             readonly = readonly or cReadonly
             appendonly = appendonly or cAppendonly
-        settings = Settings(repos, readonly, appendonly)
+            control = control or cControl
+        settings = Settings(repos, readonly, appendonly, control=control,
+                            user=args.user)
         if args.command is not None:
             words = shlex.split(args.command)
         elif os.environ.get("SSH_ORIGINAL_COMMAND"):

@@ -1,0 +1,302 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The daemon's unix control socket: how C{annexd-shell} hands an ssh session
+to the running daemon.
+
+sshd starts one C{annexd-shell} per connection.  For a P2P session
+(C{p2pstdio}) the shell connects to the control socket and, in one
+C{sendmsg}, passes its standard input and output (C{SCM_RIGHTS}) with a
+one-line JSON request::
+
+    {"version": 1, "command": "p2pstdio", "repo": "/srv/gw.git",
+     "client": "<client uuid>", "target": "<uuid or null>",
+     "mode": "read-write", "user": "alice"}
+
+The daemon answers one JSON line:
+
+  - C{{"ok": true}}: it now serves the P2P session directly on the passed
+    descriptors (no copying through the shell), through the same router,
+    node sessions, locks and metrics as its other front-ends; when the
+    session ends it closes them and sends C{{"exit": 0}};
+  - C{{"error": "..."}}: refused (unknown target, bad request); the shell
+    shows the reason, as git-annex-shell would, and exits 1;
+  - C{{"fallback": "..."}}: the daemon does not serve that repository; the
+    shell serves the session itself.
+
+C{mode} and C{user} are the restrictions and identity the shell was given
+(C{authorized_keys}); the socket's file mode decides who may connect, so
+only the account sshd runs the shell as (and the daemon's) should.  If the
+shell goes away mid-session the session is ended.
+"""
+
+import json
+import os
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.stdio import StandardIO
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from annexd.interfaces import IRepository
+from annexd.protocol.framing import P2PConnection
+from annexd.protocol.server import P2PServer, ServerMode
+from annexd.router.router import UnknownTarget
+
+#: The longest request line accepted.
+MAX_REQUEST = 64 * 1024
+
+PROTOCOL_VERSION = 1
+
+
+class BadRequest(Exception):
+    """
+    The shell's request cannot be served; the message says why.
+    """
+
+
+def parseRequest(line):
+    """
+    Parse and check one request line.
+
+    @return: a dict with C{repo}, C{client}, C{target} (bytes or None),
+        C{mode} (a L{ServerMode}) and C{user}.
+    @raise BadRequest: otherwise.
+    """
+    try:
+        request = json.loads(line)
+    except ValueError:
+        raise BadRequest("the request is not JSON")
+    if not isinstance(request, dict):
+        raise BadRequest("the request is not a JSON object")
+    if request.get("version") != PROTOCOL_VERSION:
+        raise BadRequest("unsupported control protocol version %r (this "
+                         "daemon speaks %d)" % (request.get("version"),
+                                                PROTOCOL_VERSION))
+    if request.get("command") != "p2pstdio":
+        raise BadRequest("unsupported command %r" % (request.get("command"),))
+    for name in ("repo", "client"):
+        if not isinstance(request.get(name), str) or not request[name]:
+            raise BadRequest("missing %s" % (name,))
+    target = request.get("target")
+    if target is not None and not isinstance(target, str):
+        raise BadRequest("bad target")
+    user = request.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("bad user")
+    try:
+        mode = ServerMode(request.get("mode"))
+    except ValueError:
+        raise BadRequest("bad mode %r" % (request.get("mode"),))
+    return {"repo": request["repo"],
+            "client": request["client"].encode("ascii", "replace"),
+            "target": target.encode("ascii", "replace") if target else None,
+            "mode": mode, "user": user}
+
+
+@implementer(IRepository)
+class _SessionTarget:
+    """
+    What one relayed P2P session talks to: the host's repository for the
+    target, switched when the client sends BYPASS (shared clusters are
+    never changed in place; the host keeps one per BYPASS list).
+    """
+
+    def __init__(self, host, target):
+        self._host = host
+        self._target = target
+        self._current = host.repository(target, frontend="ssh")
+        self.uuid = self._current.uuid
+
+    def setBypass(self, uuids):
+        self._current = self._host.repository(self._target, tuple(uuids),
+                                              frontend="ssh")
+
+    def __getattr__(self, name):
+        return getattr(self._current, name)
+
+    def checkPresent(self, key):
+        return self._current.checkPresent(key)
+
+    def lockContent(self, key):
+        return self._current.lockContent(key)
+
+    def remove(self, key, before=None):
+        return self._current.remove(key, before)
+
+    def getTimestamp(self):
+        return self._current.getTimestamp()
+
+    def get(self, key, associatedFile, offset):
+        return self._current.get(key, associatedFile, offset)
+
+    def put(self, key, associatedFile):
+        return self._current.put(key, associatedFile)
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@implementer(IFileDescriptorReceiver)
+class ControlProtocol(protocol.Protocol):
+    """
+    One shell's connection to the control socket.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self._fds = []
+        self._buffer = b""
+        self._session = None
+        self._stdio = None
+        self._gone = False
+
+    def fileDescriptorReceived(self, descriptor):
+        if self._session is not None or len(self._fds) >= 2:
+            _close(descriptor)
+            return
+        self._fds.append(descriptor)
+
+    def dataReceived(self, data):
+        if self._session is not None:
+            return
+        self._buffer += data
+        if b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_REQUEST:
+                self._refuse("request too long")
+            return
+        line = self._buffer.split(b"\n", 1)[0]
+        self._session = True
+        try:
+            request = parseRequest(line)
+            if len(self._fds) != 2:
+                raise BadRequest("expected the session's standard input and "
+                                 "output with the request")
+            host = self.factory.hostFor(request["repo"])
+            if host is None:
+                self._answer({"fallback": "%s is not served by this daemon"
+                              % (request["repo"],)})
+                self._release()
+                self.transport.loseConnection()
+                return
+            try:
+                target = _SessionTarget(
+                    host, request["target"] or host.state.uuid)
+            except UnknownTarget as e:
+                raise BadRequest(str(e))
+        except BadRequest as e:
+            self._refuse(str(e))
+            return
+        self._serve(host, target, request)
+
+    def _answer(self, message):
+        self.transport.write(json.dumps(message).encode() + b"\n")
+
+    def _refuse(self, reason):
+        self._session = True
+        self._answer({"error": reason})
+        self._release()
+        self.transport.loseConnection()
+
+    def _release(self):
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            _close(fd)
+
+    def _serve(self, host, target, request):
+        factory = self.factory
+        stdin, stdout = self._fds
+        connection = P2PConnection("ssh client%s" % (
+            " %s" % (request["user"],) if request["user"] else ""))
+        self._answer({"ok": True})
+        closed = connection.whenClosed()
+        self._stdio = StandardIO(connection, stdin=stdin, stdout=stdout,
+                                 reactor=factory.reactor)
+        server = P2PServer(connection, target, request["mode"],
+                           clientUUID=request["client"])
+        factory.sessionOpened(self, request)
+
+        def over(_):
+            # StandardIO does not close the descriptors: they are ours.
+            self._stdio = None
+            self._release()
+            factory.sessionClosed(self, request)
+            if not self._gone:
+                self._answer({"exit": 0})
+                self.transport.loseConnection()
+
+        d = server.serve()
+        d.addCallback(lambda _: closed)
+        d.addBoth(over)
+
+    def connectionLost(self, reason):
+        self._gone = True
+        if self._stdio is not None:
+            # The shell is gone (its ssh connection dropped, or it was
+            # killed): so is the session.
+            self._stdio.loseConnection()
+            self._stdio.connectionLost(reason)
+        elif self._session is None:
+            self._release()
+
+
+class ControlFactory(protocol.ServerFactory):
+    """
+    Serves the control socket for a set of gateway hosts.
+
+    @ivar sessions: the open relayed sessions (protocol -> request).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, hosts, monitor=None):
+        self.reactor = reactor
+        self.hosts = hosts
+        self.monitor = monitor
+        self.sessions = {}
+
+    def hostFor(self, path):
+        """
+        The host serving the gateway repository at C{path}, if any.
+        """
+        real = os.path.realpath(path)
+        for host in self.hosts:
+            if real in (os.path.realpath(host.state.path),
+                        os.path.realpath(os.path.join(host.state.path,
+                                                      ".git"))):
+                return host
+        return None
+
+    def buildProtocol(self, addr):
+        return ControlProtocol(self)
+
+    def sessionOpened(self, proto, request):
+        self.sessions[proto] = request
+        self._log.info("ssh session for {user} to {target} opened",
+                       user=request["user"] or "(unnamed)",
+                       target=(request["target"] or b"gateway").decode())
+        if self.monitor is not None:
+            self.monitor.sessionOpened("ssh")
+
+    def sessionClosed(self, proto, request):
+        self.sessions.pop(proto, None)
+        self._log.info("ssh session for {user} closed",
+                       user=request["user"] or "(unnamed)")
+        if self.monitor is not None:
+            self.monitor.sessionClosed("ssh")
+
+    def close(self):
+        """
+        End every relayed session.
+
+        @return: a Deferred firing when they are over.
+        """
+        for proto in list(self.sessions):
+            proto.transport.loseConnection()
+        return defer.succeed(None)
