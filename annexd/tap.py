@@ -10,11 +10,25 @@ configuration file (C{etc/annexd.conf.example}); the command line wins.
 Listeners are Twisted endpoint strings: C{tcp:9417:interface=127.0.0.1},
 C{ssl:9417:privateKey=key.pem:certKey=cert.pem},
 C{unix:/run/annexd/http.sock:mode=600}, C{systemd:domain=INET:index=0}.
+
+One process serves every front-end through one router per gateway
+repository: the HTTP listeners, the unix control socket C{annexd-shell}
+hands ssh sessions to (C{--control}), and the admin listener with
+C{/metrics} and the status page (C{--admin}).
+
+Signals: SIGHUP re-reads the configuration file (authorisation, lock
+budget, idle timeout; repositories and listeners need a restart) and every
+gateway's state (a node added with C{git annex updatecluster} is used by the
+next upload), without touching transfers in flight.  SIGTERM stops
+accepting, lets transfers in flight finish for up to C{--shutdown-grace}
+seconds, then fails the rest cleanly and exits.
 """
 
 import configparser
+import signal
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -24,6 +38,14 @@ _REPEATED = ("repo", "http")
 #: Flags, by option name (also the configuration file's keys).
 _FLAGS = ("wideopen", "unauth-readonly", "unauth-appendonly",
           "unauth-nolocking", "authenv", "authenv-http")
+
+#: Options with one value: name -> (type, default).
+_VALUES = {"users": (str, None), "lockedfiles": (int, 100),
+           "control": (str, None), "admin": (str, None),
+           "shutdown-grace": (float, 30.0), "idle-timeout": (float, 60.0),
+           "log-format": (str, "text")}
+
+_ENDPOINT_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
 
 
 class Options(usage.Options):
@@ -54,12 +76,39 @@ class Options(usage.Options):
         ["users", None, None, "Users file (see `annexd passwd`).", str],
         ["lockedfiles", None, None, "Most content locks held for HTTP "
                                     "clients at once (default 100).", int],
+        ["control", None, None, "Unix control socket that annexd-shell "
+                                "relays ssh sessions through.", str],
+        ["admin", None, None, "Endpoint for /metrics and the status page "
+                              "(e.g. tcp:9418:interface=127.0.0.1).", str],
+        ["shutdown-grace", None, None, "Seconds SIGTERM lets transfers in "
+                                       "flight finish (default 30).", float],
+        ["idle-timeout", None, None, "Seconds an idle node session stays "
+                                     "open (default 60).", float],
+        ["log-format", None, None, "text or json (default text).", str],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
         self["repo"] = []
         self["http"] = []
+        self.argv = []
+
+    def parseOptions(self, options=None):
+        import sys
+        self.argv = list(sys.argv[1:] if options is None else options)
+        usage.Options.parseOptions(self, options)
+
+    def reread(self):
+        """
+        Parse the same command line again, re-reading the configuration
+        file (for SIGHUP).
+
+        @return: the fresh L{Options}.
+        @raise usage.UsageError: if the file is now wrong.
+        """
+        fresh = self.__class__()
+        fresh.parseOptions(self.argv)
+        return fresh
 
     def opt_repo(self, path):
         """
@@ -79,17 +128,37 @@ class Options(usage.Options):
     def postOptions(self):
         if self["config"]:
             self._readConfig(self["config"])
+        for name, (kind, default) in _VALUES.items():
+            if self[name] is None:
+                self[name] = default
         if self["unauth-readonly"] and self["unauth-appendonly"]:
             raise usage.UsageError(
                 "--unauth-readonly and --unauth-appendonly exclude each other")
-        if self["http"] and not self["repo"]:
-            raise usage.UsageError("--http needs at least one --repo")
-        for endpoint in self["http"]:
+        if (self["http"] or self["control"]) and not self["repo"]:
+            raise usage.UsageError("--http and --control need at least one "
+                                   "--repo")
+        for endpoint in self["http"] + ([self["admin"]] if self["admin"]
+                                        else []):
             kind = endpoint.split(":", 1)[0]
-            if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+            if kind not in _ENDPOINT_KINDS:
                 raise usage.UsageError(
                     "unsupported listener %r (tcp:, ssl:, unix:, systemd:)"
                     % (endpoint,))
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format is text or json, not %r"
+                                   % (self["log-format"],))
+        for name in ("shutdown-grace", "idle-timeout", "lockedfiles"):
+            if self[name] < 0:
+                raise usage.UsageError("--%s cannot be negative" % (name,))
+        names = {}
+        from annexd.router.host import repositoryName
+        for path in self["repo"]:
+            name = repositoryName(path)
+            if name in names:
+                raise usage.UsageError(
+                    "%s and %s would both be published as %r" % (
+                        names[name], path, name))
+            names[name] = path
 
     def _readConfig(self, path):
         parser = configparser.ConfigParser()
@@ -114,39 +183,140 @@ class Options(usage.Options):
                     self[name] = section.getboolean(name, False)
                 except ValueError as e:
                     raise usage.UsageError("%s: %s: %s" % (path, name, e))
-        for name in ("users", "lockedfiles"):
+        for name, (kind, default) in _VALUES.items():
             if self[name] is None and section.get(name):
-                self[name] = (int(section[name]) if name == "lockedfiles"
-                              else section[name])
+                try:
+                    self[name] = kind(section[name])
+                except ValueError as e:
+                    raise usage.UsageError("%s: %s: %s" % (path, name, e))
 
 
 class GatewayService(service.MultiService):
     """
-    The top-level annexd service.
+    The top-level annexd service: its listeners are child services.
 
     @ivar hosts: the L{annexd.router.host.GatewayHost}s served.
+    @ivar monitor: the L{annexd.monitor.Monitor}, if any listener runs.
+    @ivar site: the HTTP site, if any.
+    @ivar control: the L{annexd.control.ControlFactory}, if any.
     """
 
     _log = Logger()
 
-    def __init__(self, repo=None, hosts=()):
+    def __init__(self, repo=None, hosts=(), options=None, reactor=None):
         service.MultiService.__init__(self)
         self.repo = repo
         self.hosts = list(hosts)
+        self.options = options
+        self.reactor = reactor
+        self.monitor = None
+        self.site = None
+        self.control = None
+        self._previousHangup = None
+
+    def setServiceParent(self, parent):
+        if (self.options is not None and self.options["log-format"] == "json"
+                and hasattr(parent, "setComponent")):
+            # twistd asks the application for its log observer when it
+            # starts logging: JSON lines on standard output (the journal).
+            import sys
+
+            from twisted.logger import ILogObserver, jsonFileLogObserver
+            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout))
+        return service.MultiService.setServiceParent(self, parent)
 
     def startService(self):
         self._log.info("annexd starting (gateway repositories: {repos})",
                        repos=", ".join(h.state.path for h in self.hosts)
                        or self.repo)
         service.MultiService.startService(self)
+        if self.hosts and hasattr(signal, "SIGHUP"):
+            try:
+                self._previousHangup = signal.signal(signal.SIGHUP,
+                                                     self._hangup)
+            except ValueError:
+                # Not the main thread (embedded): no signal handling.
+                self._previousHangup = None
+
+    def _hangup(self, signum, frame):
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self):
+        """
+        Re-read the configuration and every gateway's state (SIGHUP).
+        Transfers in flight go on with what they started with.
+        """
+        if self.options is not None and self.options["config"]:
+            try:
+                fresh = self.options.reread()
+            except usage.UsageError as e:
+                self._log.error("not reloading the configuration: {error}",
+                                error=str(e))
+            else:
+                self._apply(fresh)
+        for host in self.hosts:
+            try:
+                host.reload()
+            except Exception:
+                self._log.failure("reloading the state of {path} failed",
+                                  path=host.state.path)
+        self._log.info("reloaded the state of {count} gateway "
+                       "repositories", count=len(self.hosts))
+
+    def _apply(self, fresh):
+        old = self.options
+        for name in ("repo", "http", "control", "admin", "log-format"):
+            if fresh[name] != old[name]:
+                self._log.warn("{name} changed in the configuration: that "
+                               "takes a restart", name=name)
+        if self.site is not None:
+            self.site.resource.auth = authPolicy(fresh)
+        for host in self.hosts:
+            host.locks.maxLocks = fresh["lockedfiles"]
+            host.router.poolOptions["idleTimeout"] = fresh["idle-timeout"]
+        for name in ("users", "lockedfiles", "shutdown-grace",
+                     "idle-timeout") + _FLAGS:
+            old[name] = fresh[name]
+        old.argv = fresh.argv
 
     def stopService(self):
         self._log.info("annexd stopping")
-        from twisted.internet import defer
+        if self._previousHangup is not None:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._previousHangup = None
         d = defer.maybeDeferred(service.MultiService.stopService, self)
+        d.addCallback(lambda _: defer.ensureDeferred(self._drain()))
         d.addCallback(lambda _: defer.DeferredList(
             [host.close() for host in self.hosts]))
         return d
+
+    async def _drain(self):
+        """
+        Let the transfers in flight finish, for up to the grace period;
+        then fail the rest.
+        """
+        monitor = self.monitor
+
+        def inFlight():
+            # A client's transfers (the nodes' ones end with them).
+            return [t for t in monitor.transfers if t.frontend is not None]
+        if monitor is not None and inFlight():
+            grace = self.options["shutdown-grace"] if self.options else 30.0
+            self._log.info("waiting up to {grace} s for {count} transfers "
+                           "in flight", grace=grace, count=len(inFlight()))
+            waiting = defer.Deferred()
+            monitor.drained().chainDeferred(waiting)
+            waiting.addTimeout(grace, self.reactor)
+            try:
+                await waiting
+            except defer.TimeoutError:
+                left = inFlight()
+                self._log.warn("failing {count} transfers still in flight",
+                               count=len(left))
+                for transfer in left:
+                    transfer.abort("annexd is shutting down")
+        if self.control is not None:
+            await self.control.close()
 
 
 def authPolicy(options):
@@ -177,16 +347,33 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     repos = options["repo"]
-    top = GatewayService(repos[0] if repos else None)
-    if not options["http"]:
+    top = GatewayService(repos[0] if repos else None, options=options,
+                         reactor=reactor)
+    if not (options["http"] or options["control"] or options["admin"]):
         return top
-    from annexd.http.site import makeSite
+    from annexd.monitor import Monitor
     from annexd.router.host import GatewayHost
-    hosts = [GatewayHost(reactor, path,
-                         maxLocks=options["lockedfiles"] or 100)
-             for path in repos]
-    top.hosts = hosts
-    site = makeSite(reactor, hosts, authPolicy(options))
-    for endpoint in options["http"]:
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    monitor = top.monitor = Monitor(reactor)
+    top.hosts = [GatewayHost(reactor, path, maxLocks=options["lockedfiles"],
+                             monitor=monitor,
+                             poolOptions={"idleTimeout":
+                                          options["idle-timeout"]})
+                 for path in repos]
+    if options["http"]:
+        from annexd.http.site import makeSite
+        top.site = makeSite(reactor, top.hosts, authPolicy(options))
+        for endpoint in options["http"]:
+            strports.service(endpoint, top.site,
+                             reactor=reactor).setServiceParent(top)
+    if options["control"]:
+        from annexd.control import ControlFactory
+        top.control = ControlFactory(reactor, top.hosts, monitor)
+        controlEndpoint = "unix:%s:mode=660:lockfile=1" % (
+            options["control"].replace("\\", "\\\\").replace(":", "\\:"),)
+        strports.service(controlEndpoint, top.control,
+                         reactor=reactor).setServiceParent(top)
+    if options["admin"]:
+        from annexd.http.status import makeAdminSite
+        strports.service(options["admin"], makeAdminSite(monitor, top.hosts),
+                         reactor=reactor).setServiceParent(top)
     return top

@@ -52,13 +52,27 @@ class OptionsTests(unittest.TestCase):
         with open(path, "w") as f:
             f.write("[annexd]\nrepo =\n    /srv/a.git\n    /srv/b.git\n"
                     "http = tcp:9417\nunauth-readonly = yes\n"
-                    "lockedfiles = 7\n")
+                    "lockedfiles = 7\ncontrol = /run/annexd/c.sock\n"
+                    "admin = tcp:9418\nshutdown-grace = 5\n"
+                    "idle-timeout = 2.5\nlog-format = json\n")
         options = tap.Options()
         options.parseOptions(["-c", path])
         self.assertEqual(options["repo"], ["/srv/a.git", "/srv/b.git"])
         self.assertEqual(options["http"], ["tcp:9417"])
         self.assertTrue(options["unauth-readonly"])
         self.assertEqual(options["lockedfiles"], 7)
+        self.assertEqual(options["control"], "/run/annexd/c.sock")
+        self.assertEqual(options["admin"], "tcp:9418")
+        self.assertEqual(options["shutdown-grace"], 5.0)
+        self.assertEqual(options["idle-timeout"], 2.5)
+        self.assertEqual(options["log-format"], "json")
+        # Defaults.
+        options = tap.Options()
+        options.parseOptions(["--repo", "/srv/a.git"])
+        self.assertEqual((options["lockedfiles"], options["shutdown-grace"],
+                          options["idle-timeout"], options["log-format"],
+                          options["control"], options["admin"]),
+                         (100, 30.0, 60.0, "text", None, None))
         options = tap.Options()
         options.parseOptions(["-c", path, "--repo", "/srv/c.git"])
         self.assertEqual(options["repo"], ["/srv/c.git"])
@@ -72,7 +86,13 @@ class OptionsTests(unittest.TestCase):
                      ["--repo", "x", "--http", "bogus:1"],
                      ["--repo", "x", "--unauth-readonly",
                       "--unauth-appendonly"],
-                     ["-c", "/nonexistent/annexd.conf"]):
+                     ["-c", "/nonexistent/annexd.conf"],
+                     ["--control", "/tmp/c.sock"],
+                     ["--repo", "x", "--admin", "bogus:1"],
+                     ["--repo", "x", "--log-format", "xml"],
+                     ["--repo", "x", "--shutdown-grace", "-1"],
+                     ["--repo", "x", "--idle-timeout", "soon"],
+                     ["--repo", "/a/gw.git", "--repo", "/b/gw"]):
             self.assertRaises(UsageError, tap.Options().parseOptions, args)
 
     def test_httpService(self):
@@ -94,3 +114,41 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
         self.assertEqual(len(svc.hosts), 1)
         return svc.stopService()
+
+    def test_hangupReloads(self):
+        """
+        reload() (SIGHUP) re-reads the configuration file: the users file
+        and lock budget change at once; the gateway state is re-read.
+        """
+        from tests.support.annex import cluster_for
+        cluster = cluster_for(self, nodes=1)
+        path = self.mktemp()
+        sock = self.mktemp()
+
+        def write(lockedfiles, flags):
+            with open(path, "w") as f:
+                f.write("[annexd]\nrepo = %s\nhttp = unix:%s\n"
+                        "lockedfiles = %d\n%s" % (
+                            cluster.gateway.path, sock, lockedfiles, flags))
+        write(5, "wideopen = yes\n")
+        options = tap.Options()
+        options.parseOptions(["-c", path])
+        svc = tap.makeService(options)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        [host] = svc.hosts
+        before = host.state
+        self.assertEqual(host.locks.maxLocks, 5)
+        write(9, "unauth-readonly = yes\n")
+        svc.reload()
+        self.assertEqual(host.locks.maxLocks, 9)
+        self.assertIsNot(host.state, before)
+        from annexd.http.auth import Action
+        decision = self.successResultOf(
+            svc.site.resource.auth.authorize(None, Action.WRITE, False))
+        self.assertFalse(decision.allowed)
+        # A broken file leaves the running configuration alone.
+        with open(path, "w") as f:
+            f.write("[annexd]\nlockedfiles = many\n")
+        svc.reload()
+        self.assertEqual(host.locks.maxLocks, 9)
