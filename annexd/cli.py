@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_tap,tests.test_httpauth -*-
 """
 The C{annexd} command: runs the twistd plugin in the foreground, or, with
-C{annexd passwd ...}, edits an HTTP users file.
+C{annexd passwd ...}, edits an HTTP users file, or, with C{annexd demo ...},
+serves a demo cluster (L{annexd.demo}).
 """
 
 import argparse
@@ -80,12 +81,16 @@ def passwd(args, stdin=None, stderr=None):
 
 def main(argv=None):
     """
-    C{annexd passwd ...}: see L{passwd}.  Anything else,
+    C{annexd passwd ...}: see L{passwd}.  C{annexd demo ...}: see
+    L{annexd.demo.demo}.  Anything else,
     C{annexd [twistd annexd options]}: C{twistd --nodaemon annexd ...}.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["passwd"]:
         return passwd(args[1:])
+    if args[:1] == ["demo"]:
+        from annexd.demo import demo
+        return demo(args[1:])
 
     from twisted.application import app
     from twisted.scripts import twistd
