@@ -20,6 +20,14 @@ C{git-annex-shell} word is dropped.  Subcommands:
     C{gcryptsetup}: handed to git-annex-shell with the same restrictions;
   - anything else is refused with a one-line reason and exit status 1.
 
+With C{--control PATH} (or C{control} in the configuration file, or
+C{ANNEXD_CONTROL}), a C{p2pstdio} session is handed to the running annexd
+daemon over that unix socket (see L{annexd.control}): the daemon serves it
+with its shared node sessions, locks and metrics, and C{--user NAME} (set
+per key in C{authorized_keys}) names the ssh identity in its logs.  With no
+daemon there, or one that does not serve the repository, the session is
+served here, in-process.
+
 Restrictions: C{--readonly} / C{GIT_ANNEX_SHELL_READONLY} (no PUT, REMOVE;
 annexd's C{--readonly} also refuses git pushes, which git-annex-shell's
 variable does not), C{--appendonly} / C{GIT_ANNEX_SHELL_APPENDONLY} (no
