@@ -169,4 +169,6 @@ class ConfigFileTests(unittest.TestCase):
         """
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.path.join(here, "etc", "annexd.conf.example")
-        self.assertEqual(shell.loadConfig(path), (["/srv/gw.git"], False, False, None))
+        self.assertEqual(shell.loadConfig(path), (
+            ["/srv/annex/gateway.git"], False, False,
+            "/run/annexd/control.sock"))
