@@ -229,6 +229,45 @@ class GitOverHTTPTests(unittest.TestCase):
             self.assertNotIn(b"secret", answer)
             self.assertNotIn(b"bare", answer)
 
+    def test_advertisedBehindTLSProxy(self):
+        """
+        A reverse proxy on this machine that terminated TLS says so with
+        C{X-Forwarded-Proto: https}: the advertised url is annex+https;
+        the same header from any other peer is ignored.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from annexd.http.site import annexUrlFor
+        for peer, proto, expected in (
+                ("127.0.0.1", b"https", "annex+https://gw.example/gw"),
+                ("127.0.0.1", b"http", "annex+http://gw.example/gw"),
+                ("10.0.0.5", b"https", "annex+http://gw.example/gw")):
+            request = DummyRequest([b""])
+            request.isSecure = lambda: False
+            request.client = IPv4Address("TCP", peer, 5555)
+            request.requestHeaders.setRawHeaders(b"Host", [b"gw.example"])
+            request.requestHeaders.setRawHeaders(b"X-Forwarded-Proto",
+                                                 [proto])
+            self.assertEqual(annexUrlFor(request, "gw"), expected,
+                             (peer, proto))
+
+    def test_forwardedProtoOnlyFromThisMachine(self):
+        """
+        X-Forwarded-Proto is believed from loopback peers only.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from annexd.http.site import _behindTLSProxy
+        for host, believed in (("127.0.0.1", True), ("10.0.0.5", False),
+                               ("192.168.1.9", False)):
+            request = DummyRequest([b""])
+            request.client = IPv4Address("TCP", host, 5555)
+            request.requestHeaders.setRawHeaders(b"X-Forwarded-Proto",
+                                                 [b"https"])
+            self.assertEqual(_behindTLSProxy(request), believed, host)
+
     async def test_configMethods(self):
         """
         HEAD of C{/gw/config} works; POST is 405 and names the allowed

@@ -11,17 +11,36 @@ from annexd.http.server import AnnexSite, Root, actionNamed
 _HOST = re.compile(rb"[A-Za-z0-9.\-:\[\]]{1,300}")
 
 
+def _behindTLSProxy(request):
+    """
+    Whether C{request} came through a TLS-terminating reverse proxy on this
+    machine (nginx, haproxy: C{contrib/}) that says the client used https.
+    Only a loopback or unix-socket peer is believed.
+    """
+    if request.getHeader(b"X-Forwarded-Proto") != b"https":
+        return False
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host is None:
+        # A unix socket: only processes on this machine reach it.
+        return getattr(peer, "name", None) is not None or peer is None
+    return host == "::1" or host.startswith("127.")
+
+
 def annexUrlFor(request, name):
     """
     The annex+http(s) URL a client should use for the gateway published as
-    C{name}, as seen from C{request} (its Host header, and TLS or not).
+    C{name}, as seen from C{request} (its Host header, and TLS or not: TLS
+    at annexd, or at a reverse proxy on the same machine that sends
+    C{X-Forwarded-Proto: https}).
     """
     host = request.getHeader(b"Host") or b""
     if _HOST.fullmatch(host) is None:
         address = request.getHost()
         host = ("%s:%d" % (getattr(address, "host", "localhost"),
                            getattr(address, "port", 9417))).encode("ascii")
-    scheme = "annex+https" if request.isSecure() else "annex+http"
+    secure = request.isSecure() or _behindTLSProxy(request)
+    scheme = "annex+https" if secure else "annex+http"
     return "%s://%s/%s" % (scheme, host.decode("ascii"), name)
 
 
