@@ -135,6 +135,36 @@ class RelayTests(unittest.TestCase):
                    direction="upload"), len(data))
         self.assertIn("ssh session for alice", self.daemon.output())
 
+    async def test_shellKilled(self):
+        """
+        When the shell of a session goes away (its ssh connection dropped,
+        or it was killed), the daemon ends the session.
+        """
+        from twisted.internet import task
+        node = self.cluster.nodes[0]
+        remote = SshNode(reactor, "ssh://gw" + self.cluster.gateway.path,
+                         node.uuid.encode(),
+                         self.cluster.client.uuid.encode(),
+                         environment=dict(self.cluster.env.env,
+                                          **self.forced))
+        self.addCleanup(remote.close)
+        session = await remote.session()
+        self.assertEqual(metric(metrics(self.adminPort),
+                                "annexd_sessions_open", frontend="ssh"), 1)
+        [pid] = shellProcesses(self.control)
+        os.kill(pid, 9)
+        for attempt in range(300):
+            if metric(metrics(self.adminPort), "annexd_sessions_open",
+                      frontend="ssh") == 0:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("the daemon kept the session of a killed shell")
+        remote.release(session)
+        # The daemon is fine: the next session works.
+        self.assertFalse(await remote.checkPresent(
+            Key.parse(b"SHA256E-s1--" + b"0" * 64)))
+
     def shell(self, command):
         return subprocess.run(
             [sys.executable, "-m", "annexd.shell", "--control", self.control,
@@ -200,6 +230,51 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(
             metric(values, "annexd_requests_total", frontend="ssh",
                    operation="checkpresent", result="ok"), 100)
+
+
+class NoDaemonTests(unittest.TestCase):
+    """
+    Without a daemon on the control socket the shell serves the session
+    itself.
+    """
+
+    def test_noSocket(self):
+        from annexd.shell import relay
+        self.assertIsNone(relay(os.path.join(self.mktemp(), "none.sock"),
+                                {"version": 1}))
+
+    def test_staleSocket(self):
+        """
+        A socket file left by a daemon that is gone.
+        """
+        import socket
+
+        from annexd.shell import relay
+        directory = tempfile.mkdtemp(prefix="annexd-ctl-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "control.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.close()
+        self.assertIsNone(relay(path, {"version": 1}))
+
+
+def shellProcesses(control):
+    """
+    The pids of the annexd-shell processes relaying to C{control}.
+    """
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % (entry,), "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"annexd.shell" in words and control.encode() in words:
+            pids.add(int(entry))
+    return pids
 
 
 def nodeProcesses(path):

@@ -50,6 +50,13 @@ class P2PClient:
         self.version = 0
         self.broken = None
         self._turn = defer.DeferredLock()
+        # A session whose connection goes away while idle (the node's
+        # process died, its ssh connection dropped) is not reused.
+        connection.whenClosed().addCallback(self._connectionClosed)
+
+    def _connectionClosed(self, _):
+        if self.broken is None:
+            self.broken = "connection to %s closed" % (self.connection.peer,)
 
     # -- session set-up ---------------------------------------------------
 
