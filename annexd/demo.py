@@ -426,13 +426,19 @@ def demo(args, stdout=None, stderr=None):
                             " (give a new or empty directory)"
                             % (demoDir.path,), 2)
         port = options.port
-        # The status page and /metrics, by default on the next port.
-        adminPort = options.admin_port
-        if adminPort is None and port < 65535:
-            adminPort = port + 1
         checkPort(port)
+        # The status page and /metrics, by default on the next port (left
+        # out, with a note, if that one is taken: 9418 is git daemon's).
+        adminPort = options.admin_port
         if adminPort is not None:
             checkPort(adminPort)
+        elif port < 65535:
+            try:
+                checkPort(port + 1)
+                adminPort = port + 1
+            except DemoError:
+                say("port %d is taken: no status page (--admin-port N)"
+                    % (port + 1,))
         annex = gitannex.find()
         env = demoDir.environment(annex)
         if state == "ready":

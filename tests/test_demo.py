@@ -223,7 +223,7 @@ class DemoTests(unittest.TestCase):
         self.env["PYTHONPATH"] = os.pathsep.join(
             [_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
-    def demoCommand(self, directory, port):
+    def demoCommand(self, directory, port, adminPort=True):
         """
         README.md's first command for C{directory} and C{port}, without
         its C{pip install -e . && }.
@@ -232,9 +232,11 @@ class DemoTests(unittest.TestCase):
         self.assertTrue(first.startswith(INSTALL + "annexd demo "
                                          + README_DEMO_DIR), first)
         command = first[len(INSTALL):]
-        return "%s --port %d --admin-port %d" % (
-            command.replace(README_DEMO_DIR, shlex.quote(directory)), port,
-            freePort())
+        command = "%s --port %d" % (
+            command.replace(README_DEMO_DIR, shlex.quote(directory)), port)
+        if adminPort:
+            command += " --admin-port %d" % (freePort(),)
+        return command
 
     def startDemo(self, directory, port=None):
         port = port or freePort()
@@ -415,6 +417,42 @@ class DemoTests(unittest.TestCase):
             "annexd demo: error: %s exists and is not an annexd demo "
             "directory (give a new or empty directory)\n" % (directory,))
         self.assertEqual(os.listdir(directory), ["precious"])
+
+    def test_adminPortTaken(self):
+        """
+        When the port after the HTTP port is taken (and no --admin-port was
+        given), the demo runs without its status page and says so.
+        """
+        for attempt in range(20):
+            taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.addCleanup(taken.close)
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1] - 1
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+            finally:
+                probe.close()
+        else:
+            self.fail("no free port below a taken one")
+        directory = os.path.abspath(self.mktemp())
+        self.addCleanup(_make_writable, directory)
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        demo = RunningDemo(self, self.demoCommand(directory, port,
+                                                  adminPort=False),
+                           self.env, cwd)
+        commands = demo.instructions()
+        self.assertIn("http://127.0.0.1:%d/gateway" % (port,), commands[0])
+        self.assertIn("port %d is taken: no status page (--admin-port N)"
+                      % (port + 1,), demo.lines)
+        self.assertFalse([line for line in demo.lines
+                          if "status page: " in line])
+        self.stopDemo(demo)
 
     def test_portBusy(self):
         """
