@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_demo -*-
 """
-C{annexd demo DIR [--port N]}: a git-annex cluster of three nodes in local
+C{annexd demo DIR [--port N] [--admin-port N]}: a git-annex cluster of three nodes in local
 directories, served by annexd over HTTP on 127.0.0.1 in the foreground, and
 the commands a stock git-annex client runs to use it.
 
@@ -19,8 +19,10 @@ C{annexd demo DIR} on an existing demo directory reuses it (the cluster keeps
 its content); an existing directory that is neither empty nor a demo is
 refused.  The daemon is C{twistd annexd} run in this process, as
 C{annexd -n --pidfile= annexd --repo DIR/gateway --http
-tcp:PORT:interface=127.0.0.1 --wideopen}: no authentication, which is safe
-only because it listens on the loopback interface.  Once it listens, the
+tcp:PORT:interface=127.0.0.1 --wideopen --admin tcp:PORT+1:...}: no
+authentication, which is safe only because it listens on the loopback
+interface; the status page and C{/metrics} are on the next port (or
+C{--admin-port}; left out if that port is taken).  Once it listens, the
 client's commands are printed as lines that start with two spaces and
 C{$ }, to be run in order by bash from one directory.  Ctrl-C or SIGTERM
 stops it.
