@@ -273,7 +273,7 @@ class GatewayService(service.MultiService):
             self.site.resource.auth = authPolicy(fresh)
         for host in self.hosts:
             host.locks.maxLocks = fresh["lockedfiles"]
-            host.router.poolOptions["idleTimeout"] = fresh["idle-timeout"]
+            host.router.configurePools(idleTimeout=fresh["idle-timeout"])
         for name in ("users", "lockedfiles", "shutdown-grace",
                      "idle-timeout") + _FLAGS:
             old[name] = fresh[name]

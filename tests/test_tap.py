@@ -130,7 +130,7 @@ class OptionsTests(unittest.TestCase):
                 f.write("[annexd]\nrepo = %s\nhttp = unix:%s\n"
                         "lockedfiles = %d\n%s" % (
                             cluster.gateway.path, sock, lockedfiles, flags))
-        write(5, "wideopen = yes\n")
+        write(5, "wideopen = yes\nidle-timeout = 60\n")
         options = tap.Options()
         options.parseOptions(["-c", path])
         svc = tap.makeService(options)
@@ -139,9 +139,15 @@ class OptionsTests(unittest.TestCase):
         [host] = svc.hosts
         before = host.state
         self.assertEqual(host.locks.maxLocks, 5)
-        write(9, "unauth-readonly = yes\n")
+        # A node connector made before the reload.
+        node = host.router.resolve(cluster.nodes[0].uuid.encode(),
+                                   host.state.uuid)
+        self.assertEqual(node.repository.idleTimeout, 60)
+        write(9, "unauth-readonly = yes\nidle-timeout = 7\n")
         svc.reload()
         self.assertEqual(host.locks.maxLocks, 9)
+        self.assertEqual(node.repository.idleTimeout, 7)
+        self.assertEqual(host.router.poolOptions["idleTimeout"], 7)
         self.assertIsNot(host.state, before)
         from annexd.http.auth import Action
         decision = self.successResultOf(

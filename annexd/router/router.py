@@ -170,6 +170,24 @@ class Router:
             return made
         return self._share(key, wrapped)
 
+    def configurePools(self, **options):
+        """
+        Change session pool settings (e.g. C{idleTimeout}) for the node
+        connectors made from now on and for the shared ones already made.
+        """
+        self.poolOptions.update(options)
+        for key, made in list((self._shared or {}).items()):
+            if key[0] == "cluster":
+                continue
+            # Below the metrics wrapper, if any.
+            pool = getattr(made, "repository", made)
+            for name, value in options.items():
+                if hasattr(pool, name):
+                    setattr(pool, name, value)
+                lockPool = getattr(pool, "_lockPool", None)
+                if lockPool is not None and hasattr(lockPool, name):
+                    setattr(lockPool, name, value)
+
     def pools(self):
         """
         The status of every shared node connector's session pool (see
