@@ -190,10 +190,15 @@ class ControlProtocol(protocol.Protocol):
                     host, request["target"] or host.state.uuid)
             except UnknownTarget as e:
                 raise BadRequest(str(e))
+            self._serve(host, target, request)
         except BadRequest as e:
             self._refuse(str(e))
-            return
-        self._serve(host, target, request)
+        except Exception:
+            # Nothing was served yet: the shell serves the session itself.
+            self._log.failure("cannot serve a relayed ssh session")
+            self._answer({"fallback": "internal error in annexd"})
+            self._release()
+            self.transport.loseConnection()
 
     def _answer(self, message):
         self.transport.write(json.dumps(message).encode() + b"\n")
@@ -214,12 +219,14 @@ class ControlProtocol(protocol.Protocol):
         stdin, stdout = self._fds
         connection = P2PConnection("ssh client%s" % (
             " %s" % (request["user"],) if request["user"] else ""))
-        self._answer({"ok": True})
         closed = connection.whenClosed()
-        self._stdio = StandardIO(connection, stdin=stdin, stdout=stdout,
-                                 reactor=factory.reactor)
         server = P2PServer(connection, target, request["mode"],
                            clientUUID=request["client"])
+        self._stdio = StandardIO(connection, stdin=stdin, stdout=stdout,
+                                 reactor=factory.reactor)
+        # Only now is the session ours: the shell lets go of its
+        # descriptors when it reads this.
+        self._answer({"ok": True})
         factory.sessionOpened(self, request)
 
         def over(_):
@@ -242,7 +249,7 @@ class ControlProtocol(protocol.Protocol):
             # killed): so is the session.
             self._stdio.loseConnection()
             self._stdio.connectionLost(reason)
-        elif self._session is None:
+        else:
             self._release()
 
 
@@ -260,18 +267,19 @@ class ControlFactory(protocol.ServerFactory):
         self.hosts = hosts
         self.monitor = monitor
         self.sessions = {}
+        self._byPath = None
 
     def hostFor(self, path):
         """
         The host serving the gateway repository at C{path}, if any.
         """
-        real = os.path.realpath(path)
-        for host in self.hosts:
-            if real in (os.path.realpath(host.state.path),
-                        os.path.realpath(os.path.join(host.state.path,
-                                                      ".git"))):
-                return host
-        return None
+        if self._byPath is None:
+            self._byPath = {}
+            for host in self.hosts:
+                for where in (host.state.path,
+                              os.path.join(host.state.path, ".git")):
+                    self._byPath[os.path.realpath(where)] = host
+        return self._byPath.get(os.path.realpath(path))
 
     def buildProtocol(self, addr):
         return ControlProtocol(self)

@@ -150,10 +150,9 @@ class DemoDirectory:
         daemon: C{base} (default C{os.environ}) without git's location
         variables, with git-annex's roles first on C{PATH}.
         """
-        env = {k: v for k, v in (os.environ if base is None
-                                 else base).items()
-               if k not in _GIT_LOCATION}
-        env.update(annex.env)
+        env = annex.environ({k: v for k, v in (os.environ if base is None
+                                               else base).items()
+                             if k not in _GIT_LOCATION})
         env["PATH"] = os.pathsep.join(
             [self.bindir, env.get("PATH") or os.defpath])
         return env
@@ -389,8 +388,9 @@ def serve(demo, port, stdout, adminPort=None):
     try:
         runner.run()
     except CannotListenError as e:
-        raise DemoError("cannot listen on 127.0.0.1:%d (%s): choose another"
-                        " port with --port N" % (port, e.socketError))
+        raise DemoError("cannot listen on 127.0.0.1:%s (%s): choose another"
+                        " port with --port N or --admin-port N"
+                        % (e.port, e.socketError))
     return runner._exitSignal
 
 

@@ -47,6 +47,9 @@ from annexd import gitannex
 PASSTHROUGH = ("notifychanges", "inannex", "recvkey", "sendkey", "dropkey",
                "gcryptsetup")
 
+#: Seconds the daemon has to answer a relayed session's request.
+ANSWER_TIMEOUT = 30
+
 #: git commands, served by git.
 GIT_COMMANDS = ("git-upload-pack", "git-receive-pack", "git-upload-archive")
 
@@ -329,9 +332,18 @@ def relay(control, request, stdin=0, stdout=1):
         try:
             socket.send_fds(sock, [json.dumps(request).encode() + b"\n"],
                             [stdin, stdout])
-            answer = replies.readline(65536)
         except OSError:
             return None
+        # The daemon answers at once; one that does not (stopped, wedged)
+        # must not hang the ssh session.  It may hold our descriptors by
+        # now, so this session is not served here either.
+        sock.settimeout(ANSWER_TIMEOUT)
+        try:
+            answer = replies.readline(65536)
+        except OSError as e:
+            raise Refused("the annexd daemon did not answer (%s)" % (
+                e.strerror or "timed out",))
+        sock.settimeout(None)
         try:
             answer = json.loads(answer) if answer else {}
         except ValueError:

@@ -304,11 +304,8 @@ class GatewayService(service.MultiService):
             grace = self.options["shutdown-grace"] if self.options else 30.0
             self._log.info("waiting up to {grace} s for {count} transfers "
                            "in flight", grace=grace, count=len(inFlight()))
-            waiting = defer.Deferred()
-            monitor.drained().chainDeferred(waiting)
-            waiting.addTimeout(grace, self.reactor)
             try:
-                await waiting
+                await monitor.drained().addTimeout(grace, self.reactor)
             except defer.TimeoutError:
                 left = inFlight()
                 self._log.warn("failing {count} transfers still in flight",

@@ -259,6 +259,36 @@ class NoDaemonTests(unittest.TestCase):
         self.assertIsNone(relay(path, {"version": 1}))
 
 
+class SilentDaemonTests(unittest.TestCase):
+    """
+    A daemon that takes the request and never answers.
+    """
+
+    def test_noAnswer(self):
+        """
+        The shell gives up after ANSWER_TIMEOUT with a clear refusal (and
+        does not serve the session itself: the daemon may hold its
+        descriptors).
+        """
+        import socket
+
+        from annexd import shell
+        directory = tempfile.mkdtemp(prefix="annexd-ctl-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "control.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        listener.listen(1)
+        self.patch(shell, "ANSWER_TIMEOUT", 0.2)
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        error = self.assertRaises(shell.Refused, shell.relay, path,
+                                  {"version": 1}, r, w)
+        self.assertIn("did not answer", str(error))
+
+
 def shellProcesses(control):
     """
     The pids of the annexd-shell processes relaying to C{control}.

@@ -254,19 +254,27 @@ class GitOverHTTPTests(unittest.TestCase):
 
     def test_forwardedProtoOnlyFromThisMachine(self):
         """
-        X-Forwarded-Proto is believed from loopback peers only.
+        X-Forwarded-Proto is believed from loopback and unix-socket peers
+        only.
         """
         from twisted.internet.address import IPv4Address
         from twisted.web.test.requesthelper import DummyRequest
 
         from annexd.http.site import _behindTLSProxy
-        for host, believed in (("127.0.0.1", True), ("10.0.0.5", False),
-                               ("192.168.1.9", False)):
+        from twisted.internet.address import IPv6Address, UNIXAddress
+        for peer, believed in (
+                (IPv4Address("TCP", "127.0.0.1", 5555), True),
+                (IPv6Address("TCP", "::1", 5555), True),
+                (IPv6Address("TCP", "::ffff:127.0.0.1", 5555), True),
+                (UNIXAddress(None), True),
+                (IPv4Address("TCP", "10.0.0.5", 5555), False),
+                (IPv6Address("TCP", "::ffff:10.0.0.5", 5555), False),
+                (IPv4Address("TCP", "192.168.1.9", 5555), False)):
             request = DummyRequest([b""])
-            request.client = IPv4Address("TCP", host, 5555)
+            request.client = peer
             request.requestHeaders.setRawHeaders(b"X-Forwarded-Proto",
                                                  [b"https"])
-            self.assertEqual(_behindTLSProxy(request), believed, host)
+            self.assertEqual(_behindTLSProxy(request), believed, peer)
 
     async def test_configMethods(self):
         """

@@ -6,6 +6,8 @@ One HTTP listener's site: the P2P API for every gateway served, and git
 
 import re
 
+from twisted.internet.address import UNIXAddress
+
 from annexd.http.server import AnnexSite, Root, actionNamed
 
 _HOST = re.compile(rb"[A-Za-z0-9.\-:\[\]]{1,300}")
@@ -20,11 +22,12 @@ def _behindTLSProxy(request):
     if request.getHeader(b"X-Forwarded-Proto") != b"https":
         return False
     peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    if host is None:
+    if isinstance(peer, UNIXAddress):
         # A unix socket: only processes on this machine reach it.
-        return getattr(peer, "name", None) is not None or peer is None
-    return host == "::1" or host.startswith("127.")
+        return True
+    host = getattr(peer, "host", None) or ""
+    return (host == "::1" or host.startswith("127.")
+            or host.startswith("::ffff:127."))
 
 
 def annexUrlFor(request, name):

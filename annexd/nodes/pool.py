@@ -73,6 +73,26 @@ class _Health:
         self.delay = None
 
 
+def _passing(f, *args):
+    """
+    A callback that calls C{f(*args)} and passes the result on unchanged.
+    """
+    def callback(result):
+        f(*args)
+        return result
+    return callback
+
+
+def _whenFired(d):
+    """
+    A new Deferred that fires (with L{None}) when C{d} fires, leaving
+    C{d}'s result to its other callbacks.
+    """
+    fired = defer.Deferred()
+    d.addBoth(_passing(fired.callback, None))
+    return fired
+
+
 @implementer(IRepository)
 class SessionPool:
     """
@@ -315,10 +335,7 @@ class SessionPool:
         """
         async def run():
             while key in self._ending:
-                ending = defer.Deferred()
-                self._ending[key].addBoth(
-                    lambda result: (ending.callback(None), result)[1])
-                await ending
+                await _whenFired(self._ending[key])
             session = await self._checkout()
             try:
                 result = await getattr(session, method)(*args)
@@ -329,8 +346,7 @@ class SessionPool:
             if completed is None:
                 self._checkin(session, key)
             else:
-                completed.addBoth(
-                    lambda outcome: (self._checkin(session, key), outcome)[1])
+                completed.addBoth(_passing(self._checkin, session, key))
             return result
         return defer.Deferred.fromCoroutine(run())
 

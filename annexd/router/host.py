@@ -69,6 +69,7 @@ class GatewayHost:
                              wrapNode=wrapNode)
         if monitor is not None:
             monitor.addPools(self.router.pools)
+        self._namesOf, self._names = None, {}
         self.locks = LockTable(reactor, maxLocks=maxLocks)
         self.committer = JournalCommitter(reactor, self.state.path,
                                           delay=commitDelay, env=environment)
@@ -115,7 +116,19 @@ class GatewayHost:
         return served
 
     def _name(self, uuid):
+        """
+        The name of what C{uuid} is, for the status page (cached until the
+        state changes).
+        """
         state = self.state
+        if self._namesOf is not state:
+            self._namesOf, self._names = state, {}
+        name = self._names.get(uuid)
+        if name is None:
+            name = self._names[uuid] = self._lookUpName(state, uuid)
+        return name
+
+    def _lookUpName(self, state, uuid):
         if uuid == state.uuid:
             return self.name
         info = state.clusters.get(uuid)
