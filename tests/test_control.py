@@ -160,6 +160,14 @@ class RelayTests(unittest.TestCase):
             await task.deferLater(reactor, 0.1, lambda: None)
         else:
             self.fail("the daemon kept the session of a killed shell")
+        # Our side sees its ssh session end too (the broken session is
+        # then not reused).
+        for attempt in range(300):
+            if session.broken is not None:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("the ssh session of a killed shell did not end")
         remote.release(session)
         # The daemon is fine: the next session works.
         self.assertFalse(await remote.checkPresent(
