@@ -41,7 +41,6 @@ import os
 import shlex
 import sys
 
-from annexd import gitannex
 
 #: Subcommands handed to git-annex-shell itself.
 PASSTHROUGH = ("notifychanges", "inannex", "recvkey", "sendkey", "dropkey",
@@ -384,6 +383,7 @@ def _git(words, settings):
 
 
 def _passthrough(words, settings):
+    from annexd import gitannex
     annex = gitannex.find()
     executable, argv = annex.argv("git-annex-shell", *words)
     env = {k: v for k, v in os.environ.items()
