@@ -11,8 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from annexd.annex.state import GatewayState
@@ -22,26 +21,31 @@ from annexd.protocol.keys import Key
 from annexd.protocol.server import ServerMode
 from tests.support.annex import cluster_for
 from tests.support.daemon import freePort, startDaemon
+from tests.support.metrics import sample, scrape
 
 
 def metrics(port):
     """
-    The daemon's metrics as {(name, frozenset(labels)): value}.
+    The daemon's metrics (see L{tests.support.metrics.parseSamples}).
     """
-    import urllib.request
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port,),
-                                timeout=30) as response:
-        text = response.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, frozenset(sample.labels.items()))] = \
-                sample.value
-    return values
+    return scrape("http://127.0.0.1:%d/metrics" % (port,))
 
 
 def metric(values, name, **labels):
-    return values.get((name, frozenset(labels.items())), 0)
+    return sample(values, name, 0, **labels)
+
+
+async def eventually(predicate, failure, timeout=30):
+    """
+    Poll C{predicate} every 0.1 s (without blocking the reactor) until it
+    holds; fail with C{failure} after C{timeout} seconds.
+    """
+    from twisted.internet import task
+    for attempt in range(int(timeout * 10)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(failure)
 
 
 class RequestTests(unittest.TestCase):
@@ -140,7 +144,6 @@ class RelayTests(unittest.TestCase):
         When the shell of a session goes away (its ssh connection dropped,
         or it was killed), the daemon ends the session.
         """
-        from twisted.internet import task
         node = self.cluster.nodes[0]
         remote = SshNode(reactor, "ssh://gw" + self.cluster.gateway.path,
                          node.uuid.encode(),
@@ -153,21 +156,14 @@ class RelayTests(unittest.TestCase):
                                 "annexd_sessions_open", frontend="ssh"), 1)
         [pid] = shellProcesses(self.control)
         os.kill(pid, 9)
-        for attempt in range(300):
-            if metric(metrics(self.adminPort), "annexd_sessions_open",
-                      frontend="ssh") == 0:
-                break
-            await task.deferLater(reactor, 0.1, lambda: None)
-        else:
-            self.fail("the daemon kept the session of a killed shell")
+        await eventually(lambda: metric(metrics(self.adminPort),
+                                        "annexd_sessions_open",
+                                        frontend="ssh") == 0,
+                         "the daemon kept the session of a killed shell")
         # Our side sees its ssh session end too (the broken session is
         # then not reused).
-        for attempt in range(300):
-            if session.broken is not None:
-                break
-            await task.deferLater(reactor, 0.1, lambda: None)
-        else:
-            self.fail("the ssh session of a killed shell did not end")
+        await eventually(lambda: session.broken is not None,
+                         "the ssh session of a killed shell did not end")
         remote.release(session)
         # The daemon is fine: the next session works.
         self.assertFalse(await remote.checkPresent(
@@ -297,37 +293,35 @@ class SilentDaemonTests(unittest.TestCase):
         self.assertIn("did not answer", str(error))
 
 
-def shellProcesses(control):
+def processesWith(*words):
     """
-    The pids of the annexd-shell processes relaying to C{control}.
+    The pids of the processes whose command lines contain every one of
+    C{words} (as whole arguments).
     """
+    wanted = [w.encode() for w in words]
     pids = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open("/proc/%s/cmdline" % (entry,), "rb") as f:
-                words = f.read().split(b"\0")
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"annexd.shell" in words and control.encode() in words:
+        if all(w in argv for w in wanted):
             pids.add(int(entry))
     return pids
+
+
+def shellProcesses(control):
+    """
+    The pids of the annexd-shell processes relaying to C{control}.
+    """
+    return processesWith("annexd.shell", control)
 
 
 def nodeProcesses(path):
     """
     The pids of the git-annex-shell p2pstdio processes serving C{path}.
     """
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % (entry,), "rb") as f:
-                words = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"p2pstdio" in words and path.encode() in words:
-            pids.add(int(entry))
-    return pids
+    return processesWith("p2pstdio", path)

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import time
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
 from tests.support.annex import (
     AnnexCommandError, AnnexEnvironment, _make_writable, _text)
 from tests.support.daemon import freePort
+from tests.support.metrics import sample, scrape
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(_ROOT, "README.md")
@@ -333,19 +333,15 @@ class DemoTests(unittest.TestCase):
         for node in nodes:
             self.assertIn(node, page)
         self.assertIn("mycluster", page)
-        samples = {}
-        for family in text_string_to_metric_families(
-                fetch(status + "metrics").decode()):
-            for sample in family.samples:
-                samples[(sample.name,
-                         tuple(sorted(sample.labels.items())))] = sample.value
-        self.assertEqual(samples[("annexd_requests_total", (
-            ("frontend", "http"), ("operation", "put"), ("result", "ok")))], 1)
-        self.assertEqual(samples[("annexd_transfer_bytes_total", (
-            ("direction", "upload"), ("frontend", "http")))],
-            os.path.getsize(os.path.join(client, name)))
+        samples = scrape(status + "metrics")
+        self.assertEqual(sample(samples, "annexd_requests_total",
+                                frontend="http", operation="put",
+                                result="ok"), 1)
+        self.assertEqual(sample(samples, "annexd_transfer_bytes_total",
+                                direction="upload", frontend="http"),
+                         os.path.getsize(os.path.join(client, name)))
         for node in nodes:
-            self.assertEqual(samples[("annexd_node_up", (("node", node),))], 1)
+            self.assertEqual(sample(samples, "annexd_node_up", node=node), 1)
 
         self.stopDemo(demo)
 

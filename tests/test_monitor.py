@@ -33,6 +33,7 @@ from annexd.interfaces import (
 from annexd.monitor import Monitor
 from annexd.router import spool as spoolModule
 from tests.support.memory import MemoryRepository, keyFor
+from tests.support.metrics import parseSamples
 from tests.support.wire import Session
 
 UUID = b"aaaaaaaa-0000-4000-8000-aaaaaaaaaaaa"
@@ -48,13 +49,7 @@ def samples(monitor):
 
     @return: C{{(sample name, frozenset of label items): value}}.
     """
-    found = {}
-    text = monitor.render().decode("utf-8")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = \
-                sample.value
-    return found
+    return parseSamples(monitor.render().decode("utf-8"))
 
 
 def value(monitor, name, **labels):

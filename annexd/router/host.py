@@ -61,8 +61,7 @@ class GatewayHost:
         self.monitor = monitor
         wrapNode = None
         if monitor is not None:
-            def wrapNode(connector, name):
-                return monitor.instrument(connector, node=name)
+            wrapNode = self._instrumentNode
         self.router = Router(reactor, GatewayState.load(path),
                              environment=environment, gitAnnex=gitAnnex,
                              share=True, poolOptions=poolOptions,
@@ -73,6 +72,9 @@ class GatewayHost:
         self.locks = LockTable(reactor, maxLocks=maxLocks)
         self.committer = JournalCommitter(reactor, self.state.path,
                                           delay=commitDelay, env=environment)
+
+    def _instrumentNode(self, connector, name):
+        return self.monitor.instrument(connector, node=name)
 
     @property
     def state(self):
