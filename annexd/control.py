@@ -38,9 +38,9 @@ from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from annexd.interfaces import IRepository
 from annexd.protocol.framing import P2PConnection
 from annexd.protocol.server import P2PServer, ServerMode
+from annexd.router.host import SessionTarget
 from annexd.router.router import UnknownTarget
 
 #: The longest request line accepted.
@@ -92,46 +92,6 @@ def parseRequest(line):
             "client": request["client"].encode("ascii", "replace"),
             "target": target.encode("ascii", "replace") if target else None,
             "mode": mode, "user": user}
-
-
-@implementer(IRepository)
-class _SessionTarget:
-    """
-    What one relayed P2P session talks to: the host's repository for the
-    target, switched when the client sends BYPASS (shared clusters are
-    never changed in place; the host keeps one per BYPASS list).
-    """
-
-    def __init__(self, host, target):
-        self._host = host
-        self._target = target
-        self._current = host.repository(target, frontend="ssh")
-        self.uuid = self._current.uuid
-
-    def setBypass(self, uuids):
-        self._current = self._host.repository(self._target, tuple(uuids),
-                                              frontend="ssh")
-
-    def __getattr__(self, name):
-        return getattr(self._current, name)
-
-    def checkPresent(self, key):
-        return self._current.checkPresent(key)
-
-    def lockContent(self, key):
-        return self._current.lockContent(key)
-
-    def remove(self, key, before=None):
-        return self._current.remove(key, before)
-
-    def getTimestamp(self):
-        return self._current.getTimestamp()
-
-    def get(self, key, associatedFile, offset):
-        return self._current.get(key, associatedFile, offset)
-
-    def put(self, key, associatedFile):
-        return self._current.put(key, associatedFile)
 
 
 def _close(fd):
@@ -186,8 +146,8 @@ class ControlProtocol(protocol.Protocol):
                 self.transport.loseConnection()
                 return
             try:
-                target = _SessionTarget(
-                    host, request["target"] or host.state.uuid)
+                target = SessionTarget(
+                    host, request["target"] or host.state.uuid, "ssh")
             except UnknownTarget as e:
                 raise BadRequest(str(e))
             self._serve(host, target, request)

@@ -1165,15 +1165,14 @@ class AuthTests(ServerTestsMixin, unittest.SynchronousTestCase):
 
     def test_wrongToken(self):
         """
-        A wrong token gets C{AUTH-FAILURE}, and the server keeps listening:
-        a right token afterwards is accepted.
+        A wrong token gets C{AUTH-FAILURE} and the connection is closed:
+        one guess per connection (git-annex's server keeps listening; its
+        client closes anyway).
         """
         session = self.authSession()
         self.assertEqual(session.send(line(b"AUTH", CLIENT_UUID, b"bad")),
                          b"AUTH-FAILURE\n")
-        self.assertFalse(session.over)
-        self.assertEqual(session.send(line(b"AUTH", CLIENT_UUID, self.TOKEN)),
-                         line(b"AUTH-SUCCESS", UUID))
+        self.assertTrue(session.over)
 
     def test_rightToken(self):
         """

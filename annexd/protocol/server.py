@@ -60,12 +60,22 @@ class P2PServer:
     _log = Logger()
 
     def __init__(self, connection, repository, mode=ServerMode.READ_WRITE,
-                 checkAuth=None, clientUUID=None):
+                 checkAuth=None, clientUUID=None, connect=None,
+                 notifyChange=None):
         """
         @param checkAuth: for P2P-address connections, a callable
             C{(uuid, token) -> bool} (or a Deferred of one); the client must
-            then AUTH first.  Without it the server announces itself with an
-            unprompted AUTH-SUCCESS, as over ssh.
+            then AUTH first, and a failed AUTH ends the connection (one
+            guess per connection).  Without it the server announces itself
+            with an unprompted AUTH-SUCCESS, as over ssh.
+        @param connect: serves C{CONNECT}: a callable C{(service,
+            connection) -> Deferred} that relays git's C{service}
+            (C{b"git-upload-pack"} or C{b"git-receive-pack"}) over the
+            connection until it sends C{CONNECTDONE}; the session then ends,
+            as git-annex's does.  Without it CONNECT is refused (ssh).
+        @param notifyChange: serves C{NOTIFYCHANGE}: a callable returning a
+            Deferred that fires with the git shas of the refs that changed,
+            once some did.  Without it NOTIFYCHANGE is refused.
         """
         self.connection = connection
         self.repository = repository
@@ -74,6 +84,8 @@ class P2PServer:
         self.bypass = ()
         self.clientUUID = clientUUID
         self._checkAuth = checkAuth
+        self._connect = connect
+        self._notifyChange = notifyChange
 
     def serve(self):
         """
@@ -140,6 +152,7 @@ class P2PServer:
                     self.connection.sendMessage(m.AuthSuccess(self.repository.uuid))
                     return True
                 self.connection.sendMessage(m.AuthFailure())
+                return False
             elif isinstance(msg, m.Error):
                 return False
             else:
@@ -307,12 +320,40 @@ class P2PServer:
             except UnparseableMessage:
                 pass
 
-    async def _notSupported(self, msg):
-        what = (b"relaying to git not supported on this connection"
-                if isinstance(msg, m.Connect)
-                else b"change notification not available")
-        self.connection.sendMessage(m.Error(what))
+    async def _connectGit(self, msg):
+        if self._connect is None:
+            self.connection.sendMessage(m.Error(
+                b"relaying to git not supported on this connection"))
+            raise _SessionOver()
+        if msg.service == b"git-receive-pack" and (
+                self.mode is not ServerMode.READ_WRITE):
+            # As git-annex: a push could overwrite refs, so append-only
+            # clients may not push either.
+            self.connection.sendMessage(m.Error(READONLY_ERROR))
+            raise _SessionOver()
+        await self._connect(msg.service, self.connection)
+        # git may have left unread bytes behind: the session is over.
         raise _SessionOver()
+
+    async def _notify(self, msg):
+        if self._notifyChange is None:
+            self.connection.sendMessage(m.Error(
+                b"change notification not available"))
+            raise _SessionOver()
+        waiting = defer.maybeDeferred(self._notifyChange)
+        closed = self.connection.whenClosed()
+        closed.addErrback(lambda f: f.trap(defer.CancelledError))
+        try:
+            shas, which = await defer.DeferredList(
+                [waiting, closed], fireOnOneCallback=True,
+                fireOnOneErrback=True, consumeErrors=True)
+        except defer.FirstError as e:
+            raise e.subFailure.value
+        if which == 1:
+            waiting.cancel()
+            raise _SessionOver()
+        closed.cancel()
+        self.connection.sendMessage(m.Changed(tuple(shas)))
 
     _handlers = {
         m.Version: _version,
@@ -324,8 +365,8 @@ class P2PServer:
         m.LockContent: _lockContent,
         m.Get: _get,
         m.Put: _put,
-        m.Connect: _notSupported,
-        m.NotifyChange: _notSupported,
+        m.Connect: _connectGit,
+        m.NotifyChange: _notify,
     }
 
 

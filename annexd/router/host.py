@@ -14,9 +14,11 @@ import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from annexd.annex.location import JournalCommitter
 from annexd.annex.state import GatewayState
+from annexd.interfaces import IRepository
 from annexd.router.locks import LockTable
 from annexd.router.recording import RecordingRepository
 from annexd.router.router import Router
@@ -151,3 +153,48 @@ class GatewayHost:
         """
         return defer.DeferredList([
             self.locks.close(), self.router.close(), self.committer.flush()])
+
+
+@implementer(IRepository)
+class SessionTarget:
+    """
+    What one relayed P2P session talks to: the host's repository for the
+    target, switched when the client sends BYPASS (shared clusters are
+    never changed in place; the host keeps one per BYPASS list).
+    """
+
+    def __init__(self, host, target, frontend):
+        """
+        @raise annexd.router.router.UnknownTarget: if C{target} is not
+            served by C{host}.
+        """
+        self._host = host
+        self._target = target
+        self._frontend = frontend
+        self._current = host.repository(target, frontend=frontend)
+        self.uuid = self._current.uuid
+
+    def setBypass(self, uuids):
+        self._current = self._host.repository(self._target, tuple(uuids),
+                                              frontend=self._frontend)
+
+    def __getattr__(self, name):
+        return getattr(self._current, name)
+
+    def checkPresent(self, key):
+        return self._current.checkPresent(key)
+
+    def lockContent(self, key):
+        return self._current.lockContent(key)
+
+    def remove(self, key, before=None):
+        return self._current.remove(key, before)
+
+    def getTimestamp(self):
+        return self._current.getTimestamp()
+
+    def get(self, key, associatedFile, offset):
+        return self._current.get(key, associatedFile, offset)
+
+    def put(self, key, associatedFile):
+        return self._current.put(key, associatedFile)
