@@ -1,0 +1,1 @@
+"""P2P-address front-end: tokens, listeners, tor onion services."""
