@@ -2,7 +2,8 @@
 """
 The C{annexd} command: runs the twistd plugin in the foreground, or, with
 C{annexd passwd ...}, edits an HTTP users file, or, with C{annexd demo ...},
-serves a demo cluster (L{annexd.demo}).
+serves a demo cluster (L{annexd.demo}), or, with C{annexd p2p ...}, hands
+out P2P addresses with auth tokens (L{annexd.p2p.command}).
 """
 
 import argparse
@@ -91,6 +92,9 @@ def main(argv=None):
     if args[:1] == ["demo"]:
         from annexd.demo import demo
         return demo(args[1:])
+    if args[:1] == ["p2p"]:
+        from annexd.p2p.command import p2p
+        return p2p(args[1:])
 
     from twisted.application import app
     from twisted.scripts import twistd

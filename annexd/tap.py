@@ -33,17 +33,18 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 #: Options that take a value and may be repeated (values accumulate).
-_REPEATED = ("repo", "http")
+_REPEATED = ("repo", "http", "p2p", "onion")
 
 #: Flags, by option name (also the configuration file's keys).
 _FLAGS = ("wideopen", "unauth-readonly", "unauth-appendonly",
-          "unauth-nolocking", "authenv", "authenv-http")
+          "unauth-nolocking", "authenv", "authenv-http", "tor-launch")
 
 #: Options with one value: name -> (type, default).
 _VALUES = {"users": (str, None), "lockedfiles": (int, 100),
            "control": (str, None), "admin": (str, None),
            "shutdown-grace": (float, 30.0), "idle-timeout": (float, 60.0),
-           "log-format": (str, "text")}
+           "log-format": (str, "text"), "tor-control": (str, None),
+           "tor-binary": (str, None)}
 
 _ENDPOINT_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
 
@@ -69,6 +70,8 @@ class Options(usage.Options):
         ["authenv", None, "Users from GIT_ANNEX_P2PHTTP_PASSWORD_<user> "
                           "(honoured over HTTPS only)."],
         ["authenv-http", None, "Like --authenv, honoured over HTTP too."],
+        ["tor-launch", None, "Start a tor of annexd's own for the onion "
+                             "service (--onion)."],
     ]
     optParameters = [
         ["config", "c", None, "Configuration file (INI, section [annexd]).",
@@ -85,12 +88,19 @@ class Options(usage.Options):
         ["idle-timeout", None, None, "Seconds an idle node session stays "
                                      "open (default 60).", float],
         ["log-format", None, None, "text or json (default text).", str],
+        ["tor-control", None, None, "tor's control port for the onion "
+                                    "service (--onion), an endpoint: "
+                                    "unix:/run/tor/control.", str],
+        ["tor-binary", None, None, "The tor program --tor-launch runs "
+                                   "(default: tor on PATH).", str],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
         self["repo"] = []
         self["http"] = []
+        self["p2p"] = []
+        self["onion"] = []
         self.argv = []
 
     def parseOptions(self, options=None):
@@ -125,6 +135,21 @@ class Options(usage.Options):
         """
         self["http"].append(endpoint)
 
+    def opt_p2p(self, spec):
+        """
+        Serve P2P-address clients (git annex p2p --link) on this listener
+        (repeatable): "ENDPOINT [TARGET] [address=ADDRESS] [mode=MODE]",
+        e.g. "tcp:5555 mycluster address=gw.example.org:5555".
+        """
+        self["p2p"].append(spec)
+
+    def opt_onion(self, spec):
+        """
+        Expose a target on this virtual port of the gateway's tor onion
+        service (repeatable): "VPORT [TARGET] [mode=MODE]".
+        """
+        self["onion"].append(spec)
+
     def postOptions(self):
         if self["config"]:
             self._readConfig(self["config"])
@@ -134,9 +159,25 @@ class Options(usage.Options):
         if self["unauth-readonly"] and self["unauth-appendonly"]:
             raise usage.UsageError(
                 "--unauth-readonly and --unauth-appendonly exclude each other")
-        if (self["http"] or self["control"]) and not self["repo"]:
-            raise usage.UsageError("--http and --control need at least one "
-                                   "--repo")
+        if (self["http"] or self["control"] or self["p2p"]
+                or self["onion"]) and not self["repo"]:
+            raise usage.UsageError("--http, --control, --p2p and --onion "
+                                   "need at least one --repo")
+        from annexd.p2p.frontend import (
+            BadListener, parseListener, parseOnionPort)
+        try:
+            for spec in self["p2p"]:
+                parseListener(spec)
+            for spec in self["onion"]:
+                parseOnionPort(spec)
+        except BadListener as e:
+            raise usage.UsageError(str(e))
+        if self["onion"] and not (self["tor-control"] or self["tor-launch"]):
+            raise usage.UsageError("--onion needs --tor-control or "
+                                   "--tor-launch")
+        if self["tor-control"] and self["tor-launch"]:
+            raise usage.UsageError("--tor-control and --tor-launch exclude "
+                                   "each other")
         for endpoint in self["http"] + ([self["admin"]] if self["admin"]
                                         else []):
             kind = endpoint.split(":", 1)[0]
@@ -212,6 +253,7 @@ class GatewayService(service.MultiService):
         self.monitor = None
         self.site = None
         self.control = None
+        self.p2p = None
         self._previousHangup = None
 
     def setServiceParent(self, parent):
@@ -265,7 +307,8 @@ class GatewayService(service.MultiService):
 
     def _apply(self, fresh):
         old = self.options
-        for name in ("repo", "http", "control", "admin", "log-format"):
+        for name in ("repo", "http", "control", "admin", "log-format", "p2p",
+                     "onion", "tor-control", "tor-launch", "tor-binary"):
             if fresh[name] != old[name]:
                 self._log.warn("{name} changed in the configuration: that "
                                "takes a restart", name=name)
@@ -314,6 +357,8 @@ class GatewayService(service.MultiService):
                     transfer.abort("annexd is shutting down")
         if self.control is not None:
             await self.control.close()
+        if self.p2p is not None:
+            await self.p2p.close()
 
 
 def authPolicy(options):
@@ -346,7 +391,8 @@ def makeService(options, reactor=None):
     repos = options["repo"]
     top = GatewayService(repos[0] if repos else None, options=options,
                          reactor=reactor)
-    if not (options["http"] or options["control"] or options["admin"]):
+    if not (options["http"] or options["control"] or options["admin"]
+            or options["p2p"] or options["onion"]):
         return top
     from annexd.monitor import Monitor
     from annexd.router.host import GatewayHost
@@ -369,8 +415,36 @@ def makeService(options, reactor=None):
             options["control"].replace("\\", "\\\\").replace(":", "\\:"),)
         strports.service(controlEndpoint, top.control,
                          reactor=reactor).setServiceParent(top)
+    if options["p2p"] or options["onion"]:
+        _addP2P(top, options, reactor)
     if options["admin"]:
         from annexd.http.status import makeAdminSite
         strports.service(options["admin"], makeAdminSite(monitor, top.hosts),
                          reactor=reactor).setServiceParent(top)
     return top
+
+
+def _addP2P(top, options, reactor):
+    """
+    The P2P-address listeners and the onion service.
+    """
+    from annexd.p2p.frontend import BadListener, P2PFrontends, P2PListener
+    frontends = top.p2p = P2PFrontends(reactor)
+    try:
+        for spec in options["p2p"]:
+            listener = P2PListener(reactor, top.hosts, spec,
+                                   frontends.throttle, top.monitor,
+                                   frontends)
+            frontends.listeners.append(listener)
+            listener.setServiceParent(top)
+        if options["onion"]:
+            from annexd.p2p.onion import OnionFrontend
+            for onion in OnionFrontend.forOptions(
+                    reactor, top.hosts, options["onion"], frontends,
+                    top.monitor, control=options["tor-control"],
+                    launch=options["tor-launch"],
+                    torBinary=options["tor-binary"]):
+                frontends.onions.append(onion)
+                onion.setServiceParent(top)
+    except BadListener as e:
+        raise usage.UsageError(str(e))
