@@ -34,7 +34,8 @@ TORRC = os.path.join(CONTRIB, "torrc.example")
 ANNEXD_SETTINGS = (
     "repo", "http", "wideopen", "unauth-readonly", "unauth-appendonly",
     "unauth-nolocking", "authenv", "authenv-http", "users", "lockedfiles",
-    "control", "admin", "shutdown-grace", "idle-timeout", "log-format")
+    "control", "admin", "shutdown-grace", "idle-timeout", "log-format",
+    "p2p", "onion", "tor-control", "tor-launch", "tor-binary")
 
 #: Every key of annexd-shell's [shell] section (keep in sync with
 #: L{annexd.shell.loadConfig}).
@@ -230,6 +231,28 @@ class ConfExampleTests(unittest.TestCase):
         self.assertEqual(options["http"], ["tcp:9417:interface=127.0.0.1"])
         self.assertEqual(options["control"], "/run/annexd/control.sock")
         self.assertIn("interface=127.0.0.1", options["admin"])
+
+    def test_p2pExamples(self):
+        """
+        The commented-out P2P listeners and onion ports are valid.
+        """
+        from annexd.p2p.frontend import parseListener, parseOnionPort
+        text = read(CONF)
+        block = None
+        seen = {"p2p": 0, "onion": 0}
+        for line in text.splitlines():
+            match = re.fullmatch(r"#(p2p|onion) =\s*", line)
+            if match:
+                block = match.group(1)
+                continue
+            if block and re.fullmatch(r"#\s{4}\S.*", line):
+                spec = line[1:].strip()
+                (parseListener if block == "p2p" else parseOnionPort)(spec)
+                seen[block] += 1
+            else:
+                block = None
+        self.assertGreaterEqual(seen["p2p"], 2)
+        self.assertGreaterEqual(seen["onion"], 2)
 
     def test_defaultsShown(self):
         """
