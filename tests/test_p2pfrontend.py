@@ -249,3 +249,43 @@ class ListenerTests(unittest.TestCase):
         self.assertEqual(len(messages), 1)
         self.assertIsInstance(messages[0], m.Error)
         self.assertIn(b"read-only", messages[0].text)
+
+    def test_cannotListen(self):
+        """
+        A listener that cannot listen at start-up says why (and so stops
+        the daemon, like the HTTP listeners).
+        """
+        import socket
+
+        from twisted.internet.error import CannotListenError
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        listener = P2PListener(
+            reactor, [self.host],
+            "tcp:%d:interface=127.0.0.1" % (taken.getsockname()[1],),
+            self.frontends.throttle, frontends=self.frontends)
+        self.assertRaises(CannotListenError, listener.startService)
+
+    @defer.inlineCallbacks
+    def test_staleSocket(self):
+        """
+        A unix socket left behind by a killed daemon (with its lock naming
+        a process that is gone) is taken over.
+        """
+        import socket
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(self.path)
+        stale.close()
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        os.symlink(str(gone.pid), self.path + ".lock")
+        listener = yield defer.ensureDeferred(
+            self.listen("unix:%s" % (self.path,)))
+        token = self.tokens.generate(listener.factory.address)
+        client = yield defer.ensureDeferred(connect(self.path))
+        client.sendMessage(m.Auth(b"c1", token.encode()))
+        self.assertEqual((yield client.readMessage()),
+                         m.AuthSuccess(self.host.uuid))
+        client.close()

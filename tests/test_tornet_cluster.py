@@ -18,6 +18,7 @@ from twisted.trial import unittest
 from annexd.p2p.command import p2p
 from tests.support.annex import AnnexCommandError, cluster_for
 from tests.support.daemon import startDaemon
+from tests.test_tor import shortTempDir
 
 ENABLED = os.environ.get("ANNEXD_TEST_TORNET") == "1"
 
@@ -32,7 +33,7 @@ class TorNetworkClusterTests(unittest.TestCase):
     def test_clusterThroughOnion(self):
         from tests.support.tornet import TorNetwork
         started = time.monotonic()
-        network = TorNetwork(self.mktemp())
+        network = TorNetwork(shortTempDir(self))
         self.addCleanup(network.stop)
         network.start(timeout=300)
         bootstrapped = time.monotonic() - started

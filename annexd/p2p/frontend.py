@@ -483,9 +483,20 @@ class P2PListener(service.Service):
             shared.refWatcher,
             source=None if kind in ("tcp", "tcp6", "ssl") else self.endpoint,
             gitEnv=self.frontends.gitEnv)
-        endpoint = endpoints.serverFromString(self.reactor, self.endpoint)
+        description = self.endpoint
+        if kind == "unix" and "lockfile=" not in description:
+            # A socket left behind by a killed daemon is taken over.
+            description += ":lockfile=1"
+        endpoint = endpoints.serverFromString(self.reactor, description)
         d = endpoint.listen(self.factory)
         d.addCallback(self._listening, shared)
+        failed = []
+        d.addErrback(lambda f: failed.append(f) or f)
+        if failed:
+            # As for the HTTP listeners: a listener that cannot listen at
+            # start-up stops the daemon with the reason.
+            d.addErrback(lambda f: None)
+            failed[0].raiseException()
         d.addErrback(self._failed)
         self._listeningDeferred = d
 
