@@ -927,11 +927,13 @@ class Host:
             self.uuid = uuid
             self.clusters = clusters
 
-    def __init__(self, name, uuid, path, clusters=(), remotes=()):
+    def __init__(self, name, uuid, path, clusters=(), remotes=(),
+                 gitDir="/nonexistent"):
         self.name = name
         self.state = Host.state()
         self.state.uuid = uuid
         self.state.path = path
+        self.state.gitDir = gitDir
         self.state.clusters = dict(clusters)
         self.state.remotes = list(remotes)
 
@@ -1005,6 +1007,21 @@ class PageTests(MonitorTestCase):
         self.assertEqual(text.count("<td>alpha</td>"), 1)
         self.assertNotIn("<script>", text)
         self.assertNotIn("<b>", text)
+
+    def test_statusPageAddresses(self):
+        """
+        The P2P addresses in service are listed with their targets.
+        """
+        from annexd.p2p.frontend import AddressBook
+        gitDir = self.mktemp()
+        AddressBook(gitDir).add("p2p-annex::annexd:/run/<x>.sock", b"c-uuid",
+                                "big<cluster>")
+        self.hosts[0].state.gitDir = gitDir
+        text = render(StatusPage(self.monitor, self.hosts),
+                      DummyRequest([b""])).decode("utf-8")
+        self.assertIn("<td><code>p2p-annex::annexd:/run/&lt;x&gt;.sock</code>"
+                      "</td><td>big&lt;cluster&gt;</td><td><code>c-uuid"
+                      "</code></td>", text)
 
     def test_statusPageEmpty(self):
         """

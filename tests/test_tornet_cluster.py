@@ -68,6 +68,12 @@ class TorNetworkClusterTests(unittest.TestCase):
         self.assertEqual(cluster.client_git("config",
                                             "remote.tor.annex-uuid").strip(),
                          cluster.cluster_uuid)
+        # git through the onion too (CONNECT git-upload-pack).
+        cluster.client_git("fetch", "tor", timeout=120)
+        self.assertEqual(
+            cluster.client_git("rev-parse", "tor/main").strip(),
+            cluster.env.git(cluster.gateway.path, "rev-parse",
+                            "main").strip())
         data = os.urandom(500000)
         key = cluster.add_file("tor.bin", data)
         cluster.client_annex("copy", "--to", "tor", "tor.bin")

@@ -77,6 +77,7 @@ class StatusElement(Element):
             tags.h2("Totals"), tags.transparent(render="totals"),
             tags.h2("Repositories"), tags.transparent(render="hosts"),
             tags.h2("Clusters"), tags.transparent(render="clusters"),
+            tags.h2("P2P addresses"), tags.transparent(render="addresses"),
             tags.h2("Nodes"), tags.transparent(render="nodes"),
             tags.h2("Transfers in progress"),
             tags.transparent(render="transfers"))))
@@ -126,6 +127,19 @@ class StatusElement(Element):
                                     tags.td(_text(", ".join(names)))))
         return _table(["Repository", "Cluster", "UUID", "Nodes"], rows,
                       "None.")
+
+    @renderer
+    def addresses(self, request, tag):
+        from annexd.p2p.frontend import AddressBook
+        rows = []
+        for host in self._hosts:
+            for address, uuid, name in AddressBook.read(host.state.gitDir):
+                rows.append(tags.tr(tags.td(_text(host.name)),
+                                    tags.td(tags.code(_text(address))),
+                                    tags.td(_text(name)),
+                                    tags.td(tags.code(_text(uuid)))))
+        return _table(["Repository", "Address", "Target", "UUID"], rows,
+                      "None (no --p2p or --onion).")
 
     def _configuredNodes(self):
         """
