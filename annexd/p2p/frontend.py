@@ -47,6 +47,7 @@ import socket
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
 from annexd.p2p.git import RefWatcher, relayGit
@@ -167,19 +168,18 @@ def defaultAddress(endpoint, listening):
     @param listening: the L{IListeningPort}'s host address.
     @raise BadListener: when there is no sensible default.
     """
-    host = listening
-    if hasattr(host, "name") and isinstance(getattr(host, "name"), (str, bytes)):
-        name = host.name
+    if isinstance(listening, UNIXAddress):
+        name = listening.name
         if isinstance(name, bytes):
             name = name.decode("utf-8", "surrogateescape")
         return os.path.abspath(name)
-    if hasattr(host, "port") and hasattr(host, "host"):
-        where = host.host
+    if isinstance(listening, (IPv4Address, IPv6Address)):
+        where = listening.host
         if where in ("0.0.0.0", "::", ""):
             where = socket.getfqdn()
         if ":" in where:
             where = "[%s]" % (where,)
-        return "%s:%d" % (where, host.port)
+        return "%s:%d" % (where, listening.port)
     raise BadListener("%r: give the address clients use (address=...)"
                       % (endpoint,))
 
@@ -522,8 +522,11 @@ class P2PListener(service.Service):
         @return: a Deferred firing with the listening port.
         """
         d = defer.Deferred()
-        self._listeningDeferred.addBoth(
-            lambda r: (d.callback(r), r)[1])
+
+        def relay(result):
+            d.callback(result)
+            return result
+        self._listeningDeferred.addBoth(relay)
         return d
 
     def stopService(self):
