@@ -92,7 +92,15 @@ class OptionsTests(unittest.TestCase):
                      ["--repo", "x", "--log-format", "xml"],
                      ["--repo", "x", "--shutdown-grace", "-1"],
                      ["--repo", "x", "--idle-timeout", "soon"],
-                     ["--repo", "/a/gw.git", "--repo", "/b/gw"]):
+                     ["--repo", "/a/gw.git", "--repo", "/b/gw"],
+                     ["--p2p", "unix:/tmp/p.sock"],
+                     ["--repo", "x", "--p2p", "http:80"],
+                     ["--repo", "x", "--p2p", "unix:/p a b"],
+                     ["--repo", "x", "--onion", "5555"],
+                     ["--repo", "x", "--onion", "99999",
+                      "--tor-launch"],
+                     ["--repo", "x", "--onion", "1", "--tor-launch",
+                      "--tor-control", "unix:/c"]):
             self.assertRaises(UsageError, tap.Options().parseOptions, args)
 
     def test_httpService(self):
