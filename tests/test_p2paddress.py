@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from annexd.p2p.command import p2p
 from annexd.p2p.frontend import AddressBook
 from tests.support.annex import AnnexCommandError, cluster_for
-from tests.support.daemon import freePort, startDaemon
+from tests.support.daemon import freePort, shortTempDir, startDaemon
 
 CONTRIB = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "contrib")
@@ -77,8 +77,8 @@ class P2PAddressTests(unittest.TestCase):
         self.cluster = cluster_for(self)
         self.env = self.cluster.env
         self.env.env["PATH"] = CONTRIB + os.pathsep + self.env.env["PATH"]
-        self.sockets = os.path.realpath(self.mktemp())
-        os.makedirs(self.sockets)
+        # (unix socket paths are short: not under trial's directory)
+        self.sockets = os.path.realpath(shortTempDir(self))
         self.gwSock = os.path.join(self.sockets, "gw.sock")
         self.clusterSock = os.path.join(self.sockets, "cluster.sock")
         self.nodePort = freePort()

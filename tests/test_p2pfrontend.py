@@ -20,6 +20,7 @@ from annexd.protocol.framing import ConnectionClosed, P2PConnection
 from annexd.protocol.server import ServerMode
 from annexd.router.host import GatewayHost
 from tests.support.annex import cluster_for
+from tests.support.daemon import shortTempDir
 
 
 class SpecTests(unittest.TestCase):
@@ -102,7 +103,8 @@ class ListenerTests(unittest.TestCase):
         self.frontends = P2PFrontends(
             reactor, throttle=AuthThrottle(self.clock),
             gitEnv=self.cluster.env.env)
-        self.path = os.path.realpath(self.mktemp())
+        self.path = os.path.join(os.path.realpath(shortTempDir(self)),
+                                 "p2p.sock")
         self.tokens = TokenStore(self.host.state.gitDir)
 
     async def listen(self, spec):

@@ -20,7 +20,8 @@ from annexd.protocol.framing import P2PConnection
 from annexd.router.host import GatewayHost
 from tests.support.annex import cluster_for
 from tests.support.daemon import startDaemon
-from tests.test_tor import TOR, OfflineTor, shortTempDir
+from tests.support.daemon import shortTempDir
+from tests.test_tor import TOR, OfflineTor
 
 ONION = re.compile(r"tor-annex::([a-z2-7]{56}\.onion):(\d+)$")
 

@@ -16,7 +16,6 @@ import re
 import shutil
 import stat
 import subprocess
-import tempfile
 
 import txtorcon
 from twisted.internet import defer, protocol, reactor, task
@@ -27,6 +26,7 @@ from twisted.trial import unittest
 from annexd.p2p.tor import (
     KEY_FILE, OnionService, OnionServiceError, checkPorts, launchTorrc,
     readHostname)
+from tests.support.daemon import shortTempDir
 
 TOR = shutil.which("tor")
 
@@ -59,17 +59,6 @@ def pidAlive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
-
-
-def shortTempDir(case):
-    """
-    A new directory with a short absolute path (unix socket paths are at
-    most 107 bytes; trial's temporary directories can be longer), removed
-    after the test.
-    """
-    path = tempfile.mkdtemp(prefix="annexd-tor-")
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 class OfflineTor:

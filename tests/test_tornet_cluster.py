@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from annexd.p2p.command import p2p
 from tests.support.annex import AnnexCommandError, cluster_for
 from tests.support.daemon import startDaemon
-from tests.test_tor import shortTempDir
+from tests.support.daemon import shortTempDir
 
 ENABLED = os.environ.get("ANNEXD_TEST_TORNET") == "1"
 

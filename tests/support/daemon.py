@@ -7,15 +7,18 @@ synchronous git-annex clients can talk to them.
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from tests.support.sshd import free_port as freePort
 
 _START = "import sys; from annexd.cli import main; main(sys.argv[1:])"
 
-__all__ = ["Daemon", "freePort", "spawnServer", "startDaemon"]
+__all__ = ["Daemon", "freePort", "shortTempDir", "spawnServer",
+           "startDaemon"]
 
 
 class Daemon:
@@ -122,3 +125,14 @@ def startDaemon(testcase, env, args, port=None, timeout=60):
                          env=env, name="annexd")
     testcase.addCleanup(daemon.stop)
     return daemon.waitListening(timeout)
+
+
+def shortTempDir(case):
+    """
+    A new directory with a short absolute path (unix socket paths are at
+    most 107 bytes; trial's temporary directories can be longer), removed
+    after the test.
+    """
+    path = tempfile.mkdtemp(prefix="annexd-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
