@@ -17,7 +17,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 
-def _stamp(path):
+def fileStamp(path):
+    """
+    What changes when C{path} is rewritten: C{(mtime_ns, size, inode)}, or
+    L{None} when it does not exist.
+    """
     try:
         st = os.stat(path)
     except OSError:
@@ -64,7 +68,7 @@ class StateWatcher:
         What the state files look like now.  A journal directory's mtime
         changes whenever a journal file is created, replaced or removed.
         """
-        return tuple((path, _stamp(path)) for path in self._paths())
+        return tuple((path, fileStamp(path)) for path in self._paths())
 
     def check(self):
         """

@@ -242,8 +242,12 @@ class AddressBook:
     """
 
     def __init__(self, gitDir):
-        self.path = os.path.join(gitDir, "annex", "annexd", "p2ptargets")
+        self.path = self.pathOf(gitDir)
         self._entries = {}
+
+    @staticmethod
+    def pathOf(gitDir):
+        return os.path.join(gitDir, "annex", "annexd", "p2ptargets")
 
     def add(self, address, uuid, name):
         self._entries[address] = (uuid, name)
@@ -264,10 +268,9 @@ class AddressBook:
         """
         @return: a list of C{(address, uuid, name)}.
         """
-        path = os.path.join(gitDir, "annex", "annexd", "p2ptargets")
         entries = []
         try:
-            with open(path) as f:
+            with open(AddressBook.pathOf(gitDir)) as f:
                 for line in f:
                     words = line.split(" ", 2)
                     if len(words) == 3:

@@ -28,6 +28,8 @@ import os
 import re
 import secrets
 
+from annexd.annex.watch import fileStamp
+
 TOR_SCHEME = "tor-annex::"
 P2P_SCHEME = "p2p-annex::"
 
@@ -78,14 +80,6 @@ def withToken(address, token):
     The address-with-token a user gives to C{git annex p2p --link}.
     """
     return "%s:%s" % (address, token)
-
-
-def _stamp(path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _writeCreds(path, lines):
@@ -141,7 +135,7 @@ class TokenStore:
         (C{None} for a bare tor token).  Lines git-annex would not parse
         are left out, as git-annex leaves them out.
         """
-        stamp = _stamp(self.authFile)
+        stamp = fileStamp(self.authFile)
         if stamp != self._stamp:
             entries = []
             for line in _readLines(self.authFile):
