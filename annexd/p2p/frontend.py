@@ -551,8 +551,10 @@ class _Shared:
         self.refWatcher = RefWatcher(reactor, gitDir, env=gitEnv)
 
     def publish(self, address, uuid, name):
-        self.book.add(address, uuid, name)
+        # git-annex's list first: the address book, which `annexd p2p`
+        # reads, says the address is in service once everything is.
         self.tokens.addAddress(address)
+        self.book.add(address, uuid, name)
 
 
 class P2PFrontends:
