@@ -432,9 +432,8 @@ def _addP2P(top, options, reactor):
     frontends = top.p2p = P2PFrontends(reactor)
     try:
         for spec in options["p2p"]:
-            listener = P2PListener(reactor, top.hosts, spec,
-                                   frontends.throttle, top.monitor,
-                                   frontends)
+            listener = P2PListener(reactor, top.hosts, spec, frontends,
+                                   top.monitor)
             frontends.listeners.append(listener)
             listener.setServiceParent(top)
         if options["onion"]:

@@ -108,9 +108,7 @@ class ListenerTests(unittest.TestCase):
         self.tokens = TokenStore(self.host.state.gitDir)
 
     async def listen(self, spec):
-        listener = P2PListener(reactor, [self.host], spec,
-                               self.frontends.throttle,
-                               frontends=self.frontends)
+        listener = P2PListener(reactor, [self.host], spec, self.frontends)
         listener.startService()
         self.addCleanup(listener.stopService)
         self.addCleanup(self.frontends.close)
@@ -267,7 +265,7 @@ class ListenerTests(unittest.TestCase):
         listener = P2PListener(
             reactor, [self.host],
             "tcp:%d:interface=127.0.0.1" % (taken.getsockname()[1],),
-            self.frontends.throttle, frontends=self.frontends)
+            self.frontends)
         self.assertRaises(CannotListenError, listener.startService)
 
     @defer.inlineCallbacks

@@ -449,19 +449,17 @@ class P2PListener(service.Service):
 
     _log = Logger()
 
-    def __init__(self, reactor, hosts, spec, throttle, monitor=None,
-                 frontends=None):
+    def __init__(self, reactor, hosts, spec, frontends, monitor=None):
         """
         @param spec: C{ENDPOINT [TARGET] [address=...] [mode=...]}.
         @param frontends: the L{P2PFrontends} the gateways' token stores,
-            address books and ref watchers come from.
+            address books, ref watchers and the throttle come from.
         @raise BadListener: if the spec is wrong or names nothing served.
         """
         self.reactor = reactor
         self.endpoint, target, self.address, self.mode = parseListener(spec)
         self.host, self.targetUUID, self.targetName = resolveTarget(hosts,
                                                                     target)
-        self.throttle = throttle
         self.monitor = monitor
         self.frontends = frontends
         self.factory = None
@@ -477,22 +475,19 @@ class P2PListener(service.Service):
             self._listen()
 
     def _listen(self):
-        shared = self.frontends.forHost(self.host)
         kind = self.endpoint.split(":", 1)[0]
-        self.factory = P2PAddressFactory(
-            self.reactor, self.host, self.targetUUID,
-            fullAddress(self.address) if self.address else None,
-            shared.tokens, self.throttle, self.mode, self.monitor,
-            shared.refWatcher,
-            source=None if kind in ("tcp", "tcp6", "ssl") else self.endpoint,
-            gitEnv=self.frontends.gitEnv)
+        self.factory = self.frontends.factory(
+            self.host, self.targetUUID,
+            fullAddress(self.address) if self.address else None, self.mode,
+            self.monitor,
+            source=None if kind in ("tcp", "tcp6", "ssl") else self.endpoint)
         description = self.endpoint
         if kind == "unix" and "lockfile=" not in description:
             # A socket left behind by a killed daemon is taken over.
             description += ":lockfile=1"
         endpoint = endpoints.serverFromString(self.reactor, description)
         d = endpoint.listen(self.factory)
-        d.addCallback(self._listening, shared)
+        d.addCallback(self._listening, self.frontends.forHost(self.host))
         failed = []
         d.addErrback(lambda f: failed.append(f) or f)
         if failed:
@@ -577,6 +572,17 @@ class P2PFrontends:
             shared = self._shared[host.name] = _Shared(self.reactor, host,
                                                        self.gitEnv)
         return shared
+
+    def factory(self, host, targetUUID, address, mode, monitor, source):
+        """
+        A L{P2PAddressFactory} for one address of C{host}, sharing the
+        gateway's token store and ref watcher and the common throttle.
+        """
+        shared = self.forHost(host)
+        return P2PAddressFactory(
+            self.reactor, host, targetUUID, address, shared.tokens,
+            self.throttle, mode, monitor, shared.refWatcher, source=source,
+            gitEnv=self.gitEnv)
 
     def factories(self):
         found = [listener.factory for listener in self.listeners

@@ -18,8 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from annexd.p2p.frontend import (
-    BadListener, P2PAddressFactory, parseOnionPort, resolveTarget)
+from annexd.p2p.frontend import BadListener, parseOnionPort, resolveTarget
 from annexd.p2p.tokens import TOR_SCHEME
 
 
@@ -93,12 +92,9 @@ class OnionFrontend(service.Service):
         known = readHostname(stateDir) or "unknown.onion"
         targets = []
         for vport, uuid, name, mode in self.ports:
-            factory = P2PAddressFactory(
-                self.reactor, self.host, uuid,
-                "%s%s:%d" % (TOR_SCHEME, known, vport), shared.tokens,
-                self.frontends.throttle, mode, self.monitor,
-                shared.refWatcher, source="tor:%s" % (self.host.name,),
-                gitEnv=self.frontends.gitEnv)
+            factory = self.frontends.factory(
+                self.host, uuid, "%s%s:%d" % (TOR_SCHEME, known, vport), mode,
+                self.monitor, source="tor:%s" % (self.host.name,))
             self.factories[vport] = factory
             endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0,
                                                     interface="127.0.0.1")
