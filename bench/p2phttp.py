@@ -265,6 +265,22 @@ def startServer(argv, cwd, env, port, log, executable=None, timeout=60):
                        executable=executable).waitListening(timeout)
 
 
+def stopServers(servers):
+    """
+    Stop each server and anything left in its process group (node sessions,
+    helpers).
+    """
+    for server in servers:
+        try:
+            server.stop()
+        except OSError:
+            pass
+        try:
+            os.killpg(server.process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -333,16 +349,7 @@ class Bench:
                                    % (name, remote, info))
 
     def stop(self):
-        for server in self.servers.values():
-            try:
-                server.stop()
-            except OSError:
-                pass
-            # Anything left in its process group (node sessions, helpers).
-            try:
-                os.killpg(server.process.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        stopServers(self.servers.values())
 
     def cluster_remote(self, name):
         return "%s-mycluster" % (REMOTES[name],)
