@@ -34,7 +34,6 @@ import os
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IFileDescriptorReceiver
-from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -42,6 +41,7 @@ from annexd.protocol.framing import P2PConnection
 from annexd.protocol.server import P2PServer, ServerMode
 from annexd.router.host import SessionTarget
 from annexd.router.router import UnknownTarget
+from annexd.streams import PipeStandardIO
 
 #: The longest request line accepted.
 MAX_REQUEST = 64 * 1024
@@ -182,15 +182,15 @@ class ControlProtocol(protocol.Protocol):
         closed = connection.whenClosed()
         server = P2PServer(connection, target, request["mode"],
                            clientUUID=request["client"])
-        self._stdio = StandardIO(connection, stdin=stdin, stdout=stdout,
-                                 reactor=factory.reactor)
+        self._stdio = PipeStandardIO(connection, stdin=stdin, stdout=stdout,
+                                     reactor=factory.reactor)
         # Only now is the session ours: the shell lets go of its
         # descriptors when it reads this.
         self._answer({"ok": True})
         factory.sessionOpened(self, request)
 
         def over(_):
-            # StandardIO does not close the descriptors: they are ours.
+            # PipeStandardIO does not close the descriptors: they are ours.
             self._stdio = None
             self._release()
             factory.sessionClosed(self, request)

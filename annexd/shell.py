@@ -216,13 +216,13 @@ def _serveP2P(state, settings, target, clientUUID):
     Serve one P2P session on stdio; return when it ends.
     """
     from twisted.internet import reactor
-    from twisted.internet.stdio import StandardIO
 
     from annexd.annex.location import commitJournal
     from annexd.protocol.framing import P2PConnection
     from annexd.protocol.server import P2PServer, ServerMode
     from annexd.router.recording import RecordingRepository
     from annexd.router.router import Router, UnknownTarget
+    from annexd.streams import PipeStandardIO
 
     router = Router(reactor, state)
     try:
@@ -231,7 +231,7 @@ def _serveP2P(state, settings, target, clientUUID):
         raise Refused(str(e))
     served = RecordingRepository(repository, router.record, state.uuid)
     connection = P2PConnection("client")
-    StandardIO(connection, reactor=reactor)
+    PipeStandardIO(connection, reactor=reactor)
     server = P2PServer(connection, served, ServerMode(settings.mode),
                        clientUUID=clientUUID)
 
