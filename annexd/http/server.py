@@ -88,6 +88,10 @@ ENDPOINTS = {
 #: The most body a JSON endpoint reads (and throws away).
 MAX_IGNORED_BODY = 65536
 
+#: Bytes read from a client's TCP connection per call (an upload's body);
+#: see L{annexd.nodes.process.READ_SIZE} for why not more.
+READ_SIZE = 256 * 1024
+
 #: The longest line of a keeplocked body.
 MAX_KEEPLOCKED_LINE = 1024
 
@@ -166,6 +170,10 @@ class AnnexHTTPChannel(http.HTTPChannel):
 
     def connectionMade(self):
         self.idleTimeout = self.timeOut
+        if hasattr(self.transport, "bufferSize"):
+            # A plain TCP connection: read up to READ_SIZE per call (an
+            # upload's body) rather than Twisted's 64 KiB.
+            self.transport.bufferSize = READ_SIZE
         http.HTTPChannel.connectionMade(self)
 
     def allHeadersReceived(self):
