@@ -706,6 +706,32 @@ class LocationLogTests(unittest.TestCase):
         self.assertFalse(self.annexOk("readpresentkey", key, self.nodes[2]))
         self.assertEqual(self.log.presentSync(key), set())
 
+    def test_recordAll(self):
+        """
+        C{recordAll} writes every changed uuid of one key in one journal
+        write, skips cluster uuids and uuids that already have the status,
+        answers which changed, and git-annex sees all of them.
+        """
+        key = b"WORM--three"
+        cluster = self.cluster.cluster_uuid.encode()
+        self.assertEqual(self.log.recordAll(key, [self.nodes[0]], True),
+                         [self.nodes[0]])
+        self.assertEqual(
+            self.log.recordAll(key, list(self.nodes) + [cluster], True),
+            [self.nodes[1], self.nodes[2]])
+        with open(self.journalFile(key), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(sorted(line.split()[2] for line in lines),
+                         sorted(self.nodes))
+        self.assertEqual(self.log.recordAll(key, list(self.nodes), True), [])
+        for node in self.nodes:
+            self.assertTrue(self.annexOk("readpresentkey", key, node))
+        self.assertEqual(self.log.recordAll(key, [cluster], False), [])
+        self.assertEqual(
+            self.log.recordAll(key, [self.nodes[1], self.nodes[2]], False),
+            [self.nodes[1], self.nodes[2]])
+        self.assertEqual(self.log.presentSync(key), {self.nodes[0]})
+
     def test_recordUnderContention(self):
         """
         Direct writes and C{git annex setpresentkey --batch} writing the

@@ -231,12 +231,29 @@ class LocationLog:
     def record(self, key, uuid, present):
         """
         Record that repository C{uuid} has (C{present} true) or no longer
-        has the content of C{key}, by rewriting the key's journal file under
-        git-annex's journal lock (C{gitDir/annex/journal.lck}).
+        has the content of C{key}: L{recordAll} for one uuid.
+
+        @type key: L{bytes} (or a L{annexd.protocol.keys.Key})
+        @param uuid: a repository uuid; cluster uuids are ignored.
+        @type uuid: L{bytes}
+        @type present: L{bool}
+        @return: whether anything was written: L{False} for a cluster uuid,
+            or when the uuid already has that status.
+        @rtype: L{bool}
+        """
+        return bool(self.recordAll(key, [uuid], present))
+
+    def recordAll(self, key, uuids, present):
+        """
+        Record that each repository of C{uuids} has (C{present} true) or no
+        longer has the content of C{key}, by rewriting the key's journal
+        file once under git-annex's journal lock
+        (C{gitDir/annex/journal.lck}): a cluster upload that reached three
+        nodes is one read and one write, not three.
 
         The current content is the journal file if there is one, else the
-        branch blob; it is compacted to one line per uuid, the new line gets
-        the current time in whole seconds (or the uuid's previous
+        branch blob; it is compacted to one line per uuid, each new line
+        gets the current time in whole seconds (or the uuid's previous
         timestamp + 1 if that is not older), and the lines are written
         sorted by uuid to a temporary file in C{gitDir/annex/othertmp/}
         (under a shared lock on C{othertmp.lck}, which keeps git-annex from
@@ -248,18 +265,21 @@ class LocationLog:
         (C{deferToThread}) to keep the reactor free.
 
         @type key: L{bytes} (or a L{annexd.protocol.keys.Key})
-        @param uuid: a repository uuid; cluster uuids are ignored.
-        @type uuid: L{bytes}
+        @param uuids: repository uuids (L{bytes}); cluster uuids and
+            malformed ones are ignored.
         @type present: L{bool}
-        @return: whether anything was written: L{False} for a cluster uuid,
-            or when the uuid already has that status.
-        @rtype: L{bool}
+        @return: the uuids whose status changed (nothing is written when
+            none did).
+        @rtype: L{list} of L{bytes}
         """
-        if not isinstance(uuid, bytes):
-            raise TypeError("a uuid is bytes")
-        if (not uuid or isClusterUUID(uuid)
-                or any(c in uuid for c in b" \r\n")):
-            return False
+        for uuid in uuids:
+            if not isinstance(uuid, bytes):
+                raise TypeError("a uuid is bytes")
+        wanted = [u for u in dict.fromkeys(uuids)
+                  if u and not isClusterUUID(u)
+                  and not any(c in u for c in b" \r\n")]
+        if not wanted:
+            return []
         path = locationLogPath(key)
         status = PRESENT if present else MISSING
         with self._lock:
@@ -272,15 +292,20 @@ class LocationLog:
                 if current is None:
                     current = self.reader.readBranchSync(path)
                 entries = parsePresenceLog(current)
-                old = entries.get(uuid)
-                if old is not None and old[1] == status:
-                    return False
-                clock = Fraction(int(self._clock()))
-                if old is not None and old[0] >= clock:
-                    clock = old[0] + 1
-                entries[uuid] = (clock, status)
-                self._writeJournal(path, buildPresenceLog(entries))
-                return True
+                now = Fraction(int(self._clock()))
+                changed = []
+                for uuid in wanted:
+                    old = entries.get(uuid)
+                    if old is not None and old[1] == status:
+                        continue
+                    clock = now
+                    if old is not None and old[0] >= clock:
+                        clock = old[0] + 1
+                    entries[uuid] = (clock, status)
+                    changed.append(uuid)
+                if changed:
+                    self._writeJournal(path, buildPresenceLog(entries))
+                return changed
             finally:
                 os.close(fd)  # releases the lock
 

@@ -141,8 +141,8 @@ class GatewayHost:
         remotes = state.remotesFor(uuid) if state.isProxied(uuid) else ()
         return remotes[0].name if remotes else uuid.decode("ascii", "replace")
 
-    def _record(self, key, uuid, present):
-        changed = self.router.record(key, uuid, present)
+    def _record(self, key, uuids, present):
+        changed = self.router.record(key, uuids, present)
         if changed:
             self.committer.changed()
         return changed

@@ -29,8 +29,8 @@ class RecordingRepository:
 
     def __init__(self, repository, record, gatewayUUID):
         """
-        @param record: C{record(key, uuid, present) -> bool}, e.g.
-            L{annexd.annex.location.LocationLog.record}.
+        @param record: C{record(key, uuids, present) -> bool}, e.g.
+            L{annexd.router.router.Router.record}: one call per key.
         """
         self.repository = repository
         self.uuid = repository.uuid
@@ -42,17 +42,18 @@ class RecordingRepository:
         uuids = list(outcome.uuids)
         if includeTarget:
             uuids.insert(0, self.uuid)
-        for uuid in uuids:
-            if uuid == self._gatewayUUID or isClusterUUID(uuid):
-                continue
-            try:
-                if self._record(key.raw, uuid, present):
-                    self.changed = True
-            except Exception:
-                self._log.failure(
-                    "could not record {key} {state} on {uuid}",
-                    key=str(key), uuid=uuid.decode("ascii", "replace"),
-                    state="present" if present else "missing")
+        uuids = [u for u in uuids
+                 if u != self._gatewayUUID and not isClusterUUID(u)]
+        if not uuids:
+            return outcome
+        try:
+            if self._record(key.raw, uuids, present):
+                self.changed = True
+        except Exception:
+            self._log.failure(
+                "could not record {key} {state} on {uuids}",
+                key=str(key), state="present" if present else "missing",
+                uuids=", ".join(u.decode("ascii", "replace") for u in uuids))
         return outcome
 
     def checkPresent(self, key):

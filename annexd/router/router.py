@@ -109,19 +109,20 @@ class Router:
         if sizes is not None and getattr(sizes, "loaded", False):
             sizes.sizes.reload()
 
-    def record(self, key, uuid, present):
+    def record(self, key, uuids, present):
         """
-        Record in the gateway's location log that C{uuid} gained
-        (C{present}) or lost the content of C{key} (raw bytes), and keep
-        the repository sizes live.
+        Record in the gateway's location log that each of C{uuids} gained
+        (C{present}) or lost the content of C{key} (raw bytes), in one
+        journal write, and keep the repository sizes live.
 
         @return: whether the log changed.
         """
-        changed = self.locations.record(key, uuid, present)
+        changed = self.locations.recordAll(key, uuids, present)
         sizes = getattr(self.policy, "sizes", None)
         if sizes is not None:
-            sizes.apply(key, uuid, present)
-        return changed
+            for uuid in uuids:
+                sizes.apply(key, uuid, present)
+        return bool(changed)
 
     def resolve(self, target, clientUUID, bypass=()):
         """
