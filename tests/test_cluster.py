@@ -1072,7 +1072,7 @@ class GetTests(ClusterTestsMixin, unittest.SynchronousTestCase):
 
 class CheckPresentTests(ClusterTestsMixin, unittest.SynchronousTestCase):
     """
-    CHECKPRESENT asks every node.
+    Without a location log, CHECKPRESENT asks every node.
     """
 
     def test_anyHasIt(self):
@@ -1124,6 +1124,59 @@ class CheckPresentTests(ClusterTestsMixin, unittest.SynchronousTestCase):
         self.assertEqual(reply.count(b"\n"), 1)
         self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
                          b"SUCCESS\n")
+
+
+class LoggedCheckPresentTests(ClusterTestsMixin,
+                              unittest.SynchronousTestCase):
+    """
+    With the gateway's location log (C{locations}), CHECKPRESENT asks only
+    the nodes the log shows with the key, as git-annex's gateway does.
+    """
+
+    def setUp(self):
+        ClusterTestsMixin.setUp(self)
+        self.logged = {}
+        self.cluster = Cluster(
+            CLUSTER_UUID, self.nodes, clock=lambda: self.now, name="cluster",
+            locations=lambda key: self.logged.get(key.raw, set()))
+
+    def test_notLogged(self):
+        """
+        No node logged with the key: FAILURE without asking any node, even
+        one that has it (a false no costs an upload, never content).
+        """
+        self.repos[0].add(CONTENT, KEY)
+        session = self.session()
+        self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
+                         b"FAILURE\n")
+        for repo in self.repos:
+            self.assertEqual(self.calls(repo, "checkPresent"), [])
+
+    def test_onlyLoggedAsked(self):
+        """
+        Only the logged nodes are asked; any of them having it is a yes.
+        """
+        self.logged[KEY.raw] = {N2, N3}
+        self.repos[2].add(CONTENT, KEY)
+        session = self.session()
+        self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
+                         b"SUCCESS\n")
+        self.assertEqual(self.calls(self.repos[0], "checkPresent"), [])
+        for repo in self.repos[1:]:
+            self.assertEqual(self.calls(repo, "checkPresent"),
+                             [("checkPresent", KEY.raw)])
+
+    def test_staleLog(self):
+        """
+        A node the log wrongly lists is asked, and its no is the answer: a
+        stale log never makes a false yes.
+        """
+        self.logged[KEY.raw] = {N1}
+        session = self.session()
+        self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
+                         b"FAILURE\n")
+        self.assertEqual(self.calls(self.repos[0], "checkPresent"),
+                         [("checkPresent", KEY.raw)])
 
 
 class LockAndTimestampTests(ClusterTestsMixin, unittest.SynchronousTestCase):

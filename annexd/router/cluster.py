@@ -174,10 +174,22 @@ class Cluster:
         return self._run(self._checkPresent(key))
 
     async def _checkPresent(self, key):
-        if not self.nodes:
+        """
+        As git-annex's gateway decides: only nodes the gateway's location
+        log shows with the key are asked (all of them at once, the first
+        yes wins); when it shows none, the answer is no without asking any
+        node.  A stale log can only make the answer a false no, which
+        costs a client an upload the node answers with ALREADY-HAVE, never
+        a false yes.  Without a location log every node is asked.
+        """
+        nodes = self.nodes
+        if self.locations is not None:
+            logged = self.locations(key)
+            nodes = [n for n in nodes if n.uuid in logged]
+        if not nodes:
             return False
         asked = [defer.maybeDeferred(n.repository.checkPresent, key)
-                 for n in self.nodes]
+                 for n in nodes]
         answer = defer.Deferred()
         pending = [len(asked)]
         errors = []
@@ -200,7 +212,7 @@ class Cluster:
                 else:
                     answer.callback(False)
 
-        for node, d in zip(self.nodes, asked):
+        for node, d in zip(nodes, asked):
             d.addCallbacks(one, failed, errbackArgs=(node,))
             d.addBoth(settled)
         return await answer
