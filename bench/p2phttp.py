@@ -164,7 +164,7 @@ class Sampler(threading.Thread):
     @ivar peakChildren: the highest summed RSS of the descendants sampled.
     """
 
-    def __init__(self, pid, interval=0.05):
+    def __init__(self, pid, interval=0.25):
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval

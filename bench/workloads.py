@@ -137,7 +137,7 @@ class ShellWatch(threading.Thread):
     @ivar sessions: the pids of the session shells seen.
     """
 
-    def __init__(self, clientPid, pattern, repo, interval=0.05):
+    def __init__(self, clientPid, pattern, repo, interval=0.25):
         super().__init__(daemon=True)
         self.clientPid = clientPid
         self.pattern = pattern
@@ -293,7 +293,8 @@ class Runner:
 
     @staticmethod
     def _rss(sampler, watch):
-        figures = {"server": None, "shell": None, "total": None}
+        figures = {"server": None, "shell": None, "total": None,
+                   "servercpu": None}
         total = 0
         if watch is not None:
             watch.stop()
@@ -303,6 +304,7 @@ class Runner:
         if sampler is not None:
             stats = sampler.stop()
             figures["server"] = stats["rss"] + sampler.rssBefore
+            figures["servercpu"] = stats["cpu"]
             total += figures["server"] + stats["children"]
         if sampler is not None or watch is not None:
             figures["total"] = total
@@ -528,6 +530,8 @@ class Runner:
             def describe(f):
                 server = ("" if f["server"] is None else
                           ", server peak %.0f MiB" % (f["server"] / MiB,))
+                if f.get("servercpu") is not None:
+                    server += ", server CPU %.2f s" % (f["servercpu"],)
                 return "%.2f s, %.1f %s%s" % (
                     f["seconds"], amount / f["seconds"], unit, server)
             return describe
