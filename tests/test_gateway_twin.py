@@ -592,32 +592,28 @@ class GatewayTwinTests(unittest.TestCase):
         has the content, put there directly (the client's C{node1path}
         remote), so the gateway's location log does not know it.
 
-        git-annex's gateway answers a cluster CHECKPRESENT from its own
-        location log and leaves nodes that answer ALREADY-HAVE out of its
-        SUCCESS-PLUS (spec 5.3); annexd asks the nodes themselves and lists
-        every node that holds the content, old or new (router/cluster.py).
-        Neither leaves a false record; annexd's records are the complete
-        ones.  Each side is checked against its own outcome:
+        Both gateways answer a cluster CHECKPRESENT from their location log
+        (no node logged: no), so both copy to the cluster and node1 answers
+        ALREADY-HAVE.  git-annex's gateway leaves such nodes out of its
+        SUCCESS-PLUS (spec 5.3); annexd lists every node that holds the
+        content, old or new (router/cluster.py), so its records are the
+        complete ones:
 
-          - "checked", C{copy --to gw-mycluster}: git-annex's gateway says
-            the cluster lacks the content and copies it to all 3 nodes
-            (node1 answers ALREADY-HAVE and is not recorded by the gateway);
-            annexd says the cluster has it (node1 does), so the client
-            copies nothing and node1 stays the only holder -- which is what
-            C{copy --to} a cluster promises: the cluster has a copy.
+          - "checked", C{copy --to gw-mycluster}: both put the content on
+            node2 and node3; git-annex's gateway records node2 and node3
+            only (node1 is recorded nowhere but the client), annexd records
+            all three, in the client and in the gateway's branch.
           - "fast", the client also believes node1 lacks it (setpresentkey
             0) and runs C{copy --fast --to gw-mycluster} (no CHECKPRESENT):
-            both gateways PUT to all 3 nodes, but git-annex's SUCCESS-PLUS
-            omits node1, so the client (and the gateway's branch) wrongly
-            believe node1 lacks the content; annexd's lists node1, and every
-            record is right: the stricter-correct outcome.
+            the same, and with git-annex's gateway the client (and the
+            gateway's branch) wrongly believe node1 lacks the content;
+            annexd's records are right.
 
         The commands' exit statuses and the files' contents on the nodes
         (for "fast") are still compared across the twins.
         """
         checked = Content.small("checked.bin", os.urandom(4096))
         fast = Content.small("fast.bin", os.urandom(4096))
-        node1 = ("node1",)
 
         def scenario(side):
             side.add([checked, fast])
@@ -627,10 +623,7 @@ class GatewayTwinTests(unittest.TestCase):
             side.annex("copy", "--to", CLUSTER, checked.name)
             side.annex("copy", "--fast", "--to", CLUSTER, fast.name)
             if side.isAnnexd:
-                states = {
-                    checked: replace(expect(node1, True), gatewayBranch=(),
-                                     gatewayWhereis=()),
-                    fast: expect(ALL, True)}
+                states = {checked: expect(ALL, True), fast: expect(ALL, True)}
             else:
                 # Not recorded anywhere: node1 (gateway, both files; the
                 # client, "fast").
