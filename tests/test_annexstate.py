@@ -1006,6 +1006,29 @@ class BranchReaderTests(unittest.TestCase):
                          {self.nodes[0], self.nodes[1]})
         self.assertEqual(await self.reader.read(path), merged)
 
+    def test_siblingAppearsAfterRead(self):
+        """
+        The loose sibling refs are cached between reads, but a sibling
+        fetched after a read, and a sibling that moves on, are seen by the
+        next read of the same reader.
+        """
+        c = self.cluster
+        key = b"WORM--later"
+        path = locationLogPath(key)
+        node = c.nodes[0].path
+        self.assertEqual(logs.presentUUIDs(self.reader.readSync(path)),
+                         set())
+        self.setPresent([key], self.nodes[0], repo=node)
+        c.env.annex(node, "merge", "--quiet")
+        c.env.git(self.gw, "fetch", "-q", "node1")
+        self.assertEqual(logs.presentUUIDs(self.reader.readSync(path)),
+                         {self.nodes[0]})
+        self.setPresent([key], self.nodes[2], repo=node)
+        c.env.annex(node, "merge", "--quiet")
+        c.env.git(self.gw, "fetch", "-q", "node1")
+        self.assertEqual(logs.presentUUIDs(self.reader.readSync(path)),
+                         {self.nodes[0], self.nodes[2]})
+
     async def test_childDies(self):
         """
         When the reactor-driven cat-file child dies, the reads waiting on

@@ -165,6 +165,18 @@ def _isSha(text):
                                         for c in text)
 
 
+def _dirStamp(path):
+    """
+    What changes when a directory's entries (or a file's content) do
+    (L{None} if it is gone).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino)
+
+
 class _StatCache:
     """
     A file parsed again only when its stat changes.
@@ -187,6 +199,11 @@ class _StatCache:
             self.value = self.parse(data or b"")
             self.signature = signature
         return self.value
+
+
+def _parseLooseRef(data):
+    sha = data.strip()
+    return sha if _isSha(sha) else None
 
 
 def _parsePackedRefs(data):
@@ -426,6 +443,11 @@ class BranchReader:
         self._batch = None
         self._closed = False
         self._newer = {}
+        self._looseRefs = None
+        self._resolved = None
+        self._branchRef = _StatCache(
+            os.path.join(self.gitDir, *BRANCH_REF.decode("ascii").split("/")),
+            _parseLooseRef)
         self._packedRefs = _StatCache(
             os.path.join(self.gitDir, "packed-refs"), _parsePackedRefs)
         self._mergedRefs = _StatCache(
@@ -514,19 +536,44 @@ class BranchReader:
         refs = {name: sha for name, sha in self._packedRefs.get().items()
                 if name.endswith("/git-annex")
                 and name.startswith(("refs/heads/", "refs/remotes/"))}
+        refs.update(self._looseSiblingRefs())
+        refs.pop(BRANCH_REF.decode("ascii"), None)
+        return refs
+
+    def _looseSiblingRefs(self):
+        """
+        The loose C{*/git-annex} refs, walked again only when a directory
+        under C{refs/heads} or C{refs/remotes} changed: git writes a ref
+        to a lock file renamed over it, which changes its directory, so
+        the directories' stats (and the refs' own) are a complete
+        signature.  (A read of the
+        location log on every checkpresent spent most of its time walking
+        these directories.)
+        """
+        cached = self._looseRefs
+        if cached is not None and all(
+                _dirStamp(path) == stamp for path, stamp in cached[0]):
+            return cached[1]
+        stamps = []
+        refs = {}
         for top in ("refs/heads", "refs/remotes"):
             base = os.path.join(self.gitDir, top)
+            stamps.append((base, _dirStamp(base)))
             for dirpath, dirnames, filenames in os.walk(base):
+                if dirpath != base:
+                    stamps.append((dirpath, _dirStamp(dirpath)))
                 if "git-annex" not in filenames:
                     continue
                 full = os.path.join(dirpath, "git-annex")
                 name = top + "/" + os.path.relpath(full, base).replace(
                     os.sep, "/")
+                # The ref itself too, should something write it in place.
+                stamps.append((full, _dirStamp(full)))
                 data = _readFile(full)
                 sha = (data or b"").strip()
                 if _isSha(sha):
                     refs[name] = sha
-        refs.pop(BRANCH_REF.decode("ascii"), None)
+        self._looseRefs = (stamps, refs)
         return refs
 
     def _siblingCandidates(self, commit):
@@ -619,10 +666,23 @@ class BranchReader:
         return value
 
     def _syncResolve(self):
-        result = self._syncRequest(BRANCH_REF)
+        # The branch's sha from its loose ref (else packed-refs), so that a
+        # read while the branch has not moved costs two stats, not a
+        # round trip through cat-file; the commit is read when it moved.
+        if self._closed:
+            raise CatFileError("the reader is closed")
+        sha = self._branchRef.get() or self._packedRefs.get().get(
+            BRANCH_REF.decode("ascii"))
+        resolved = self._resolved
+        if sha is not None and resolved is not None and resolved[0] == sha:
+            return resolved
+        result = self._syncRequest(sha or BRANCH_REF)
         if result is None or result[1] != b"commit":
             return None, None
-        return result[0], _treeOf(result[2])
+        resolved = (result[0], _treeOf(result[2]))
+        if sha == result[0]:
+            self._resolved = resolved
+        return resolved
 
     def readBranchSync(self, path):
         """
