@@ -1154,7 +1154,8 @@ class LoggedCheckPresentTests(ClusterTestsMixin,
 
     def test_onlyLoggedAsked(self):
         """
-        Only the logged nodes are asked; any of them having it is a yes.
+        Only the logged nodes are asked; any of them having it is a yes
+        (the cheaper one's no does not end the search).
         """
         self.logged[KEY.raw] = {N2, N3}
         self.repos[2].add(CONTENT, KEY)
@@ -1165,6 +1166,22 @@ class LoggedCheckPresentTests(ClusterTestsMixin,
         for repo in self.repos[1:]:
             self.assertEqual(self.calls(repo, "checkPresent"),
                              [("checkPresent", KEY.raw)])
+
+    def test_cheapestFirst(self):
+        """
+        Logged nodes are asked one at a time, cheapest first: when the
+        cheapest has it, no other node is asked.
+        """
+        self.logged[KEY.raw] = {N1, N2, N3}
+        for repo in self.repos:
+            repo.add(CONTENT, KEY)
+        session = self.session()
+        self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
+                         b"SUCCESS\n")
+        self.assertEqual(self.calls(self.repos[0], "checkPresent"),
+                         [("checkPresent", KEY.raw)])
+        for repo in self.repos[1:]:
+            self.assertEqual(self.calls(repo, "checkPresent"), [])
 
     def test_staleLog(self):
         """

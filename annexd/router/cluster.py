@@ -175,12 +175,17 @@ class Cluster:
 
     async def _checkPresent(self, key):
         """
-        As git-annex's gateway decides: only nodes the gateway's location
-        log shows with the key are asked (all of them at once, the first
-        yes wins); when it shows none, the answer is no without asking any
-        node.  A stale log can only make the answer a false no, which
+        As git-annex's gateway decides: when the gateway's location log
+        shows no node with the key, the answer is no without asking any
+        node; otherwise the logged nodes are asked one at a time, cheapest
+        first, until one says yes (git-annex asks one and relays its
+        answer; asking the next after a no or a failure only corrects a
+        stale log).  A stale log can only make the answer a false no, which
         costs a client an upload the node answers with ALREADY-HAVE, never
-        a false yes.  Without a location log every node is asked.
+        a false yes.  Without a location log every node is asked, the same
+        way.
+
+        @raise RepositoryUnavailable: when no node could be asked.
         """
         nodes = self.nodes
         if self.locations is not None:
@@ -188,34 +193,18 @@ class Cluster:
             nodes = [n for n in nodes if n.uuid in logged]
         if not nodes:
             return False
-        asked = [defer.maybeDeferred(n.repository.checkPresent, key)
-                 for n in nodes]
-        answer = defer.Deferred()
-        pending = [len(asked)]
         errors = []
-
-        def one(present):
-            if present and not answer.called:
-                answer.callback(True)
-
-        def failed(reason, node):
-            errors.append((node, reason.value))
-            self._failed(node, "CHECKPRESENT", reason.value)
-
-        def settled(_):
-            pending[0] -= 1
-            if pending[0] == 0 and not answer.called:
-                if len(errors) == len(asked):
-                    answer.errback(RepositoryUnavailable(
-                        "no node of %s could be asked: %s" % (
-                            self.name, _describe(errors[0][1]))))
-                else:
-                    answer.callback(False)
-
-        for node, d in zip(nodes, asked):
-            d.addCallbacks(one, failed, errbackArgs=(node,))
-            d.addBoth(settled)
-        return await answer
+        for node in sorted(nodes, key=lambda n: (n.cost, n.busy)):
+            try:
+                if await node.repository.checkPresent(key):
+                    return True
+            except Exception as e:
+                errors.append(e)
+                self._failed(node, "CHECKPRESENT", e)
+        if len(errors) == len(nodes):
+            raise RepositoryUnavailable("no node of %s could be asked: %s" % (
+                self.name, _describe(errors[0])))
+        return False
 
     # -- LOCKCONTENT, GETTIMESTAMP -----------------------------------------
 
