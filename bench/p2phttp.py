@@ -27,7 +27,7 @@ round to round):
 
 Throughput figures are MiB/s of the client command's wall time; ratios are
 annexd over git-annex p2phttp (1.0 = as fast).  During each transfer a
-thread samples, every 50 ms, the resident size of the server process and of
+thread samples, every 0.25 s, the resident size of the server process and of
 all its descendants (both servers run a C{git-annex-shell p2pstdio}
 session per node; then C{git cat-file}, C{git annex merge}, ...).  The server's peak RSS growth is
 its kernel high-water mark (VmHWM, reset just before the transfer) minus its

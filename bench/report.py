@@ -404,12 +404,12 @@ METHOD = """\
   high-water mark (VmHWM, reset before the workload) — the absolute peak,
   not growth; for an ssh configuration without a daemon, the highest
   VmHWM of the per-session shell process (`git-annex-shell` serving the
-  gateway or node1, or `annexd-shell`), sampled every 50 ms. For `axd`
+  gateway or node1, or `annexd-shell`), sampled every 0.25 s. For `axd`
   the server figure is the daemon's; the relay's own figure is in the
   targets' RSS row when higher. "server side" adds the descendants (node
   sessions `git-annex-shell p2pstdio`, `git cat-file`, ...) and the
   session shells, each term at its own sampled peak (so it is an upper
-  estimate); a process shorter than 50 ms may be missed.
+  estimate); a process shorter than 0.25 s may be missed.
 """
 
 
