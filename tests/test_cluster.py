@@ -1183,6 +1183,19 @@ class LoggedCheckPresentTests(ClusterTestsMixin,
         for repo in self.repos[1:]:
             self.assertEqual(self.calls(repo, "checkPresent"), [])
 
+    def test_logUnreadable(self):
+        """
+        When the location log cannot be read, every node is asked rather
+        than the request failing.
+        """
+        def broken(key):
+            raise OSError("git cat-file failed")
+        self.cluster.locations = broken
+        self.repos[2].add(CONTENT, KEY)
+        session = self.session()
+        self.assertEqual(session.send(line(b"CHECKPRESENT", KEY)),
+                         b"SUCCESS\n")
+
     def test_staleLog(self):
         """
         A node the log wrongly lists is asked, and its no is the answer: a

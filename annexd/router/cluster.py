@@ -15,8 +15,9 @@ made forgiving):
     and is a failure only when none does.
   - GET is served by one node: the cheapest, then the least busy; a node
     that fails or lacks the content before any byte was sent is skipped.
-  - CHECKPRESENT asks every node at once and is true as soon as one has the
-    content.
+  - CHECKPRESENT asks only the nodes the gateway's location log shows with
+    the key (none: no, asking nobody, as git-annex's gateway does), one at
+    a time, cheapest first, and is true as soon as one has the content.
   - REMOVE and REMOVE-BEFORE go to every node (deadlines translated to
     each node's clock); LOCKCONTENT is refused, as git-annex refuses it for
     clusters; GETTIMESTAMP answers with the gateway's own clock.
@@ -183,14 +184,22 @@ class Cluster:
         stale log).  A stale log can only make the answer a false no, which
         costs a client an upload the node answers with ALREADY-HAVE, never
         a false yes.  Without a location log every node is asked, the same
-        way.
+        way, and so when the log cannot be read.
 
         @raise RepositoryUnavailable: when no node could be asked.
         """
         nodes = self.nodes
         if self.locations is not None:
-            logged = self.locations(key)
-            nodes = [n for n in nodes if n.uuid in logged]
+            try:
+                logged = self.locations(key)
+            except Exception as e:
+                # The log cannot be read (git failed): the nodes decide.
+                self._log.warn("CHECKPRESENT {key} on {cluster}: the location"
+                               " log cannot be read ({why}); asking every"
+                               " node", key=str(key), cluster=self.name,
+                               why=_describe(e))
+            else:
+                nodes = [n for n in nodes if n.uuid in logged]
         if not nodes:
             return False
         errors = []
