@@ -43,7 +43,7 @@ import time
 import traceback
 
 from bench.fixture import BY_NAME, CONFIGS, Fixture, FixtureError
-from bench.p2phttp import MiB, _terminate
+from bench.common import MiB, _terminate
 from bench.report import Report
 from bench.workloads import WORKLOADS, Runner
 from tests.support.annex import _rmtree

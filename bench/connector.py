@@ -21,7 +21,6 @@ each transfer).
 """
 
 import argparse
-import hashlib
 import os
 import platform
 import statistics
@@ -36,58 +35,13 @@ from annexd import gitannex
 from annexd.nodes.local import LocalNode
 from annexd.protocol.keys import Key
 from annexd.streams import HashingConsumer, sendFile
+from bench.common import MiB, _status, makeFile, resetPeak
 
-MiB = 1024 * 1024
 GATEWAY_UUID = b"bench000-0000-0000-0000-000000000000"
 
 
-def _status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def resetPeak():
-    """
-    Reset the kernel's peak-RSS mark of this process; return the current RSS.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
-
-
 def peakGrowth(before):
-    return max(0, _status("VmHWM") - before)
-
-
-def makeFile(path, size):
-    """
-    Write C{size} bytes of incompressible data to C{path}.
-    """
-    block = os.urandom(MiB)
-    with open(path, "wb") as f:
-        left = size
-        n = 0
-        while left:
-            chunk = n.to_bytes(8, "big") + block[8:min(left, MiB)]
-            f.write(chunk[:min(left, MiB)])
-            left -= min(left, MiB)
-            n += 1
-
-
-def sha256File(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(4 * MiB)
-            if not chunk:
-                return digest.hexdigest()
-            digest.update(chunk)
+    return max(0, _status(os.getpid(), "VmHWM") - before)
 
 
 class Bench:
@@ -126,7 +80,7 @@ class Bench:
     async def put(self):
         node = self.connector()
         key = Key.parse(self.key.encode())
-        before = resetPeak()
+        before = resetPeak(os.getpid())
         start = time.perf_counter()
         upload = await node.put(key, b"big.bin")
         sink = upload.receive(self.size - upload.offset)
@@ -145,7 +99,7 @@ class Bench:
     async def get(self, target):
         node = self.connector()
         key = Key.parse(self.key.encode())
-        before = resetPeak()
+        before = resetPeak(os.getpid())
         start = time.perf_counter()
         download = await node.get(key, b"big.bin", 0)
         with open(target, "wb") as f:

@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench.p2phttp import ROOT, MiB, makeFile, startServer, stopServers
+from bench.common import ROOT, MiB, makeFile, startServer, stopServers
 from tests.support.annex import build_cluster
 from tests.support.daemon import annexdArgv, freePort
 

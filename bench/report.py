@@ -12,7 +12,7 @@ import subprocess
 
 from annexd import gitannex
 from bench.fixture import BASELINE, BY_NAME
-from bench.p2phttp import ROOT, MiB
+from bench.common import ROOT, MiB
 
 TITLES = {
     "put-big": "PUT one %(big)s file → the cluster (3-node fan-out;"

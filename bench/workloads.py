@@ -39,7 +39,7 @@ import threading
 import time
 
 from bench.fixture import BIG, SMALLDIR, FixtureError
-from bench.p2phttp import ROOT, MiB, Sampler, _status, cpuSeconds, descendants
+from bench.common import ROOT, MiB, Sampler, _status, cpuSeconds, descendants
 
 WORKLOADS = ("put-big", "get-big", "put-big-node", "put-small", "get-small",
              "checkpresent", "drop-small")
