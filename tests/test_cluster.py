@@ -29,7 +29,8 @@ from annexd.interfaces import (
 from annexd.protocol.client import P2PClient
 from annexd.protocol.framing import P2PConnection
 from annexd.router.cluster import (
-    Cluster, ClusterNode, IWantsPolicy, TeeConsumer, WantsEverything)
+    Cluster, ClusterNode, IWantsPolicy, TeeConsumer, WantsEverything,
+    gatewayBypass)
 from tests.support.wire import Session
 from tests.support.memory import MemoryRepository, keyFor
 
@@ -1396,3 +1397,55 @@ class RemoveTests(ClusterTestsMixin, unittest.SynchronousTestCase):
         self.assertEqual(session.send(line(b"REMOVE-BEFORE 600", KEY)),
                          line(b"FAILURE-PLUS", N2, N3))
         self.assertEqual(self.repos[0].contents, {KEY.raw: CONTENT})
+
+
+class GatewayBypassTests(unittest.SynchronousTestCase):
+    """
+    Other gateways of a multi-gateway cluster are each told to bypass this
+    gateway, the client's BYPASS, and every other gateway this one reaches
+    itself, so that each is reached once per request.
+    """
+
+    GW = b"99999999-9999-4999-8999-999999999999"
+    GB = b"bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+    GC = b"cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+
+    def makeCluster(self):
+        self.local = MemoryRepository(N1)
+        self.viaB = MemoryRepository(CLUSTER_UUID)
+        self.viaC = MemoryRepository(CLUSTER_UUID)
+        return Cluster(CLUSTER_UUID, [
+            ClusterNode(N1, "node1", 100, self.local),
+            ClusterNode(CLUSTER_UUID, "gb-c", 201, self.viaB, via=self.GB),
+            ClusterNode(CLUSTER_UUID, "gc-c", 201, self.viaC, via=self.GC),
+        ], gatewayUUID=self.GW)
+
+    def test_eachOtherGatewayBypassesTheRest(self):
+        """
+        Without a client BYPASS, gateway B is told to bypass this gateway
+        and C (which this one reaches itself), and C to bypass this one
+        and B.
+        """
+        self.makeCluster()
+        self.assertEqual(self.viaB.bypass, tuple(sorted([self.GW, self.GC])))
+        self.assertEqual(self.viaC.bypass, tuple(sorted([self.GW, self.GB])))
+
+    def test_clientBypassLeavesGatewayOut(self):
+        """
+        A gateway the client bypasses is not reached, and the remaining one
+        is told to bypass it too (as the client's list says).
+        """
+        cluster = self.makeCluster()
+        cluster.setBypass([self.GC])
+        self.assertEqual([n.name for n in cluster.nodes], ["node1", "gb-c"])
+        self.assertEqual(self.viaB.bypass, tuple(sorted([self.GW, self.GC])))
+
+    def test_gatewayBypass(self):
+        """
+        L{gatewayBypass} adds the directly reached gateways but the target.
+        """
+        self.assertEqual(
+            gatewayBypass({self.GW}, {self.GB, self.GC}, self.GB),
+            tuple(sorted([self.GW, self.GC])))
+        self.assertEqual(gatewayBypass({self.GW}, {self.GB}, self.GB),
+                         (self.GW,))

@@ -83,6 +83,21 @@ class ClusterNode:
     busy: int = field(default=0)
 
 
+def gatewayBypass(bypass, direct, via):
+    """
+    The BYPASS list for the other gateway C{via} of a cluster: the client's
+    list with this gateway added (C{bypass}), and every other gateway this
+    one sends the same request to itself (C{direct}).  Each gateway of a
+    cluster is then reached exactly once per request, never once directly
+    and again through a third gateway, and no request can come back (a
+    gateway always skips those named in BYPASS; shared/spec/p2p-protocol.md
+    section 5.4).
+
+    @return: the sorted tuple of uuids.
+    """
+    return tuple(sorted(set(bypass) | (set(direct) - {via})))
+
+
 def _describe(error):
     text = getattr(error, "text", None)
     return text.decode("utf-8", "replace") if text else str(error)
@@ -142,16 +157,18 @@ class Cluster:
     def setBypass(self, uuids):
         """
         Take the client's BYPASS list: leave out the other gateways it names
-        (and this one), and hand the list on to the gateways that remain.
+        (and this one), and hand the list on to the gateways that remain
+        (see L{gatewayBypass}).
         """
         bypass = set(uuids)
         if self.gatewayUUID is not None:
             bypass.add(self.gatewayUUID)
         self.nodes = [n for n in self._allNodes
                       if n.via is None or n.via not in bypass]
+        direct = {n.via for n in self.nodes if n.via is not None}
         for node in self.nodes:
             if node.via is not None:
-                node.repository.bypass = tuple(sorted(bypass))
+                node.repository.bypass = gatewayBypass(bypass, direct, node.via)
 
     def close(self):
         """

@@ -25,7 +25,7 @@ from annexd.annex.location import LocationLog
 from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
 from annexd.nodes.ssh import SshNode, parseSshUrl
-from annexd.router.cluster import Cluster, ClusterNode
+from annexd.router.cluster import Cluster, ClusterNode, gatewayBypass
 from annexd.router.policy import PreferredContentPolicy
 
 
@@ -240,9 +240,13 @@ class Router:
     def _cluster(self, info, bypass=()):
         state = self.state
         # A shared router builds one cluster per BYPASS list; its connectors
-        # to other gateways carry that list from the start, so that no
-        # shared connector is ever changed by setBypass.
-        gatewayBypass = tuple(sorted(set(bypass) | {state.uuid}))
+        # to other gateways carry their list from the start (see
+        # gatewayBypass), so that no shared connector is ever changed by
+        # setBypass.
+        skipped = set(bypass) | {state.uuid}
+        gateways = [r for r in state.remotes
+                    if info.uuid in r.clusterGateways and r.uuid]
+        direct = {r.uuid for r in gateways if r.uuid not in skipped}
         nodes = []
         for remote in state.clusterNodes(info.uuid):
             nodes.append(ClusterNode(
@@ -252,13 +256,13 @@ class Router:
         # Other gateways of the same cluster: the cluster's uuid reached
         # through them, always with BYPASS naming this gateway, so that no
         # client (whatever its protocol version) can make gateways recurse.
-        for remote in state.remotes:
-            if info.uuid in remote.clusterGateways and remote.uuid:
-                cost = remote.cost if remote.cost is not None else remote.defaultCost
-                nodes.append(ClusterNode(
-                    info.uuid, "%s-%s" % (remote.name, info.name), cost + 1,
-                    self._connector(remote, info.uuid, bypass=gatewayBypass),
-                    via=remote.uuid))
+        for remote in gateways:
+            cost = remote.cost if remote.cost is not None else remote.defaultCost
+            nodes.append(ClusterNode(
+                info.uuid, "%s-%s" % (remote.name, info.name), cost + 1,
+                self._connector(remote, info.uuid, bypass=gatewayBypass(
+                    skipped, direct, remote.uuid)),
+                via=remote.uuid))
         cluster = Cluster(info.uuid, nodes, self.policy, name=info.name,
                        gatewayUUID=state.uuid, reactor=self.reactor,
                        spoolDirectory=os.path.join(state.gitDir, "annex", "tmp"),
