@@ -1022,12 +1022,15 @@ class GetTests(ClusterTestsMixin, unittest.SynchronousTestCase):
 
     def test_lessBusyOfEqualCost(self):
         """
-        Of two nodes of equal cost that both have the content, a second
-        GET (in another session, while the first is still going on) goes
-        to the one not busy; once both are done, the first node serves
-        again.
+        Of two nodes of equal cost and equal measured latency that both
+        have the content, a second GET (in another session, while the
+        first is still going on) goes to the one not busy; once both are
+        done, the first node serves again.
         """
         self.nodes[1].cost = 100
+        for node in self.nodes[:2]:
+            node.meter.clock = lambda: 0.0
+            node.meter.observeLatency(0.0)
         cluster = self.makeCluster()
         for repo in self.repos:
             repo.add(CONTENT, KEY)
@@ -1050,22 +1053,93 @@ class GetTests(ClusterTestsMixin, unittest.SynchronousTestCase):
                          ("get", KEY.raw, b"c", 0))
         first.send(b"SUCCESS\n")
 
-    def test_costBeforeBusy(self):
+    def test_busyDoublesTheEstimate(self):
         """
-        A busy cheaper node still comes before an idle dearer one.
+        A transfer in flight doubles a node's estimate: of two nodes on
+        equal paths, one 1.5 times as dear serves a second download while
+        the cheaper one is busy with the first, and a third goes back to
+        the cheaper one (2 against 1.5 times 2).
         """
+        self.nodes[1].cost = 150
+        for node in self.nodes:
+            node.meter.clock = lambda: 0.0
+            node.meter.observeLatency(0.0)
         for repo in self.repos:
             repo.add(CONTENT, KEY)
-        download = self.successResultOf(self.cluster.get(KEY, None, 0))
-        again = self.successResultOf(self.cluster.get(KEY, None, 0))
-        self.assertEqual(len(self.repos[0].downloads), 2)
-        self.assertEqual(self.nodes[0].busy, 2)
-        for d in (download, again):
+        downloads = [self.successResultOf(self.cluster.get(KEY, None, 0))
+                     for _ in range(3)]
+        self.assertEqual([d.node.name for d in downloads],
+                         ["node1", "node2", "node1"])
+        self.assertEqual([n.busy for n in self.nodes], [2, 1, 0])
+        for d in downloads:
             consumer = CollectingConsumer()
             self.assertIs(self.successResultOf(d.deliver(consumer)), True)
             self.assertEqual(consumer.data, CONTENT)
             self.successResultOf(d.finish(True))
-        self.assertEqual(self.nodes[0].busy, 0)
+        self.assertEqual([n.busy for n in self.nodes], [0, 0, 0])
+
+    def test_measuredThroughput(self):
+        """
+        A node whose downloads were measured slow is passed over for one
+        whose path is not known to be slow, whatever their costs say; once
+        the measurement is older than the meter's memory, the node is
+        tried again.
+        """
+        now = [0.0]
+        for node in self.nodes:
+            node.meter.clock = lambda: now[0]
+        big = b"x" * (1024 * 1024)
+        bigKey = keyFor(big, b".bin")
+        for repo in self.repos:
+            repo.chunkSize = 64 * 1024
+            repo.add(big, bigKey)
+        download = self.successResultOf(self.cluster.get(bigKey, None, 0))
+        self.assertEqual(download.node.name, "node1")
+
+        class Slow(CollectingConsumer):
+            def write(self, data):
+                now[0] += 0.5   # 64 KiB chunks at 128 KiB/s
+                CollectingConsumer.write(self, data)
+        consumer = Slow()
+        self.assertIs(self.successResultOf(download.deliver(consumer)), True)
+        self.assertEqual(consumer.data, big)
+        self.successResultOf(download.finish(True))
+        self.assertLess(self.nodes[0].meter.throughput, 200 * 1024)
+        again = self.successResultOf(self.cluster.get(bigKey, None, 0))
+        self.assertEqual(again.node.name, "node2")
+        self.successResultOf(again.finish(False))
+        now[0] += self.nodes[0].meter.memory + 1
+        later = self.successResultOf(self.cluster.get(bigKey, None, 0))
+        self.assertEqual(later.node.name, "node1")
+        self.successResultOf(later.finish(False))
+
+    def test_loggedNodesFirst(self):
+        """
+        The nodes the location log shows with the key are asked first,
+        even when dearer; the others only if none of those has it.
+        """
+        for repo in self.repos:
+            repo.add(CONTENT, KEY)
+        cluster = Cluster(CLUSTER_UUID, self.nodes, clock=lambda: self.now,
+                          locations=lambda key: {N3})
+        download = self.successResultOf(cluster.get(KEY, None, 0))
+        self.assertEqual(download.node.name, "node3")
+        self.successResultOf(download.finish(True))
+        del self.repos[2].contents[KEY.raw]
+        download = self.successResultOf(cluster.get(KEY, None, 0))
+        self.assertEqual(download.node.name, "node1")
+        self.successResultOf(download.finish(True))
+
+    def test_downNodesLast(self):
+        """
+        A node whose connector says it is down is asked last.
+        """
+        for repo in self.repos:
+            repo.add(CONTENT, KEY)
+        self.repos[0].status = lambda: {"up": False}
+        download = self.successResultOf(self.cluster.get(KEY, None, 0))
+        self.assertEqual(download.node.name, "node2")
+        self.successResultOf(download.finish(True))
 
 
 # -- CHECKPRESENT, LOCKCONTENT, GETTIMESTAMP ---------------------------------

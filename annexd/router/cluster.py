@@ -13,11 +13,16 @@ made forgiving):
     ERROR, killed mid-transfer) is dropped from the fan-out and the others
     complete; the answer names exactly the nodes that hold verified content,
     and is a failure only when none does.
-  - GET is served by one node: the cheapest, then the least busy; a node
-    that fails or lacks the content before any byte was sent is skipped.
+  - GET is served by one node: of the nodes the gateway's location log
+    shows with the key, the one whose measured path would deliver it
+    soonest (L{annexd.router.paths}: latency, throughput, transfers in
+    flight, times the configured cost's weight), nodes that are down last;
+    then, should none of them have it, the other nodes the same way.  A
+    node that fails or lacks the content before any byte was sent is
+    skipped.
   - CHECKPRESENT asks only the nodes the gateway's location log shows with
     the key (none: no, asking nobody, as git-annex's gateway does), one at
-    a time, cheapest first, and is true as soon as one has the content.
+    a time, quickest first, and is true as soon as one has the content.
   - REMOVE and REMOVE-BEFORE go to every node (deadlines translated to
     each node's clock); LOCKCONTENT is refused, as git-annex refuses it for
     clusters; GETTIMESTAMP answers with the gateway's own clock.
@@ -31,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from annexd.clock import monotonicSeconds
+from annexd.router.paths import PathMeter
 from annexd.router.spool import Spool, SpoolReader, SpoolRefused
 from annexd.interfaces import (
     IDownload, IRepository, IUpload, Outcome, ProtocolNotSupported,
@@ -68,11 +74,17 @@ class ClusterNode:
     @ivar uuid: the node's uuid (for a node that is another gateway of the
         same cluster, the cluster's uuid).
     @ivar name: its remote name, for logs and errors.
-    @ivar cost: git-annex's cost: cheaper nodes serve downloads first.
+    @ivar cost: git-annex's cost (configured, or git-annex's default for
+        the remote's kind of url).
     @ivar repository: the node's L{IRepository}.
     @ivar via: for a node that is another gateway of the cluster, that
         gateway's uuid (it is skipped when the client's BYPASS names it).
-    @ivar busy: transfers in progress through this cluster.
+    @ivar weight: what the node's estimated download times are multiplied
+        by when choosing a node: the configured cost / 100 (the router sets
+        1 when no cost is configured, leaving the choice to the
+        measurements); L{None}: C{cost / 100}.
+    @ivar meter: the L{PathMeter} of the path to the node (the router
+        shares one per node between the clusters it builds).
     """
 
     uuid: bytes
@@ -80,7 +92,47 @@ class ClusterNode:
     cost: float
     repository: object
     via: bytes | None = None
-    busy: int = field(default=0)
+    weight: float | None = None
+    meter: PathMeter = field(default_factory=PathMeter)
+
+    @property
+    def busy(self):
+        """
+        Transfers in flight to or from the node.
+        """
+        return self.meter.busy
+
+    def score(self, size=0):
+        """
+        The seconds a download of C{size} bytes from this node is estimated
+        to take, weighted by its cost; a node that is down comes last.
+        """
+        weight = self.weight if self.weight is not None else self.cost / 100.0
+        return (_isDown(self.repository),
+                self.meter.estimate(size) * max(weight, 0.01))
+
+
+def _isDown(repository):
+    """
+    Whether a node's connector says it is down (see
+    L{annexd.nodes.pool.SessionPool.status}); below a metrics wrapper too.
+    """
+    repository = getattr(repository, "repository", repository)
+    status = getattr(repository, "status", None)
+    if status is None:
+        return False
+    try:
+        return not status()["up"]
+    except Exception:
+        return False
+
+
+def _byScore(nodes, size=0):
+    """
+    C{nodes} in the order they should be asked (stable: equal scores keep
+    the cost order).
+    """
+    return sorted(nodes, key=lambda n: n.score(size))
 
 
 def gatewayBypass(bypass, direct, via):
@@ -101,6 +153,16 @@ def gatewayBypass(bypass, direct, via):
 def _describe(error):
     text = getattr(error, "text", None)
     return text.decode("utf-8", "replace") if text else str(error)
+
+
+def _passing(f):
+    """
+    A callback that calls C{f()} and passes the result on unchanged.
+    """
+    def callback(result):
+        f()
+        return result
+    return callback
 
 
 async def _settle(deferreds):
@@ -220,9 +282,12 @@ class Cluster:
         if not nodes:
             return False
         errors = []
-        for node in sorted(nodes, key=lambda n: (n.cost, n.busy)):
+        for node in _byScore(nodes):
             try:
-                if await node.repository.checkPresent(key):
+                started = node.meter.clock()
+                present = await node.repository.checkPresent(key)
+                node.meter.observeLatency(node.meter.clock() - started)
+                if present:
                     return True
             except Exception as e:
                 errors.append(e)
@@ -291,11 +356,33 @@ class Cluster:
     def get(self, key, associatedFile, offset):
         return self._run(self._get(key, associatedFile, offset))
 
-    async def _get(self, key, associatedFile, offset):
-        order = sorted(self.nodes, key=lambda n: (n.cost, n.busy))
-        for node in order:
+    def _getOrder(self, key, offset):
+        """
+        The nodes to ask for C{key}, in order: those the location log shows
+        with it, then the others (the log may be stale), each group by
+        L{ClusterNode.score}.
+        """
+        size = max(0, (key.size or 0) - offset)
+        logged = None
+        if self.locations is not None:
             try:
+                logged = self.locations(key)
+            except Exception as e:
+                self._log.warn("GET {key} from {cluster}: the location log"
+                               " cannot be read ({why})", key=str(key),
+                               cluster=self.name, why=_describe(e))
+        if not logged:
+            return _byScore(self.nodes, size)
+        return (_byScore([n for n in self.nodes if n.uuid in logged], size)
+                + _byScore([n for n in self.nodes if n.uuid not in logged],
+                           size))
+
+    async def _get(self, key, associatedFile, offset):
+        for node in self._getOrder(key, offset):
+            try:
+                started = node.meter.clock()
                 download = await node.repository.get(key, associatedFile, offset)
+                node.meter.observeLatency(node.meter.clock() - started)
             except (RepositoryError, RepositoryUnavailable) as e:
                 self._failed(node, "GET", e)
                 continue
@@ -386,16 +473,23 @@ class _NodeDownload:
         self.length = download.length
         self._download = download
         self._delivered = delivered
-        node.busy += 1
+        node.meter.begin()
 
     def deliver(self, consumer):
         if self.length == 0:
             return defer.succeed(self._delivered)
-        return self._download.deliver(consumer)
+        meter = self.node.meter
+        started = meter.clock()
+
+        def measured(valid):
+            if valid is not False:
+                meter.observeTransfer(self.length, meter.clock() - started)
+            return valid
+        return self._download.deliver(consumer).addCallback(measured)
 
     def finish(self, ok):
         if self._download is not None:
-            self.node.busy -= 1
+            self.node.meter.end()
             download, self._download = self._download, None
             return download.finish(ok)
         return defer.succeed(None)
@@ -606,6 +700,15 @@ class _ClusterUpload:
         self._had = had
         self.offset = min(u.offset for _, u in uploads)
         self._tee = None
+        # The nodes are busy with this upload until it is over.
+        self._busy = [node for node, _ in uploads]
+        for node in self._busy:
+            node.meter.begin()
+
+    def _over(self):
+        busy, self._busy = self._busy, []
+        for node in busy:
+            node.meter.end()
 
     def receive(self, length):
         total = self.offset + length
@@ -647,7 +750,8 @@ class _ClusterUpload:
         return spool
 
     def finish(self, valid):
-        return defer.Deferred.fromCoroutine(self._finish(valid))
+        return defer.Deferred.fromCoroutine(self._finish(valid)).addBoth(
+            _passing(self._over))
 
     async def _finish(self, valid):
         if self._tee is None:
@@ -677,7 +781,8 @@ class _ClusterUpload:
         return Outcome(bool(stored), tuple(stored))
 
     def dataPresent(self):
-        return defer.Deferred.fromCoroutine(self._dataPresent())
+        return defer.Deferred.fromCoroutine(self._dataPresent()).addBoth(
+            _passing(self._over))
 
     async def _dataPresent(self):
         branches = [_Branch(n, u, None, 0) for n, u in self._uploads]
@@ -686,6 +791,7 @@ class _ClusterUpload:
         return self._collect(branches, results, "DATA-PRESENT")
 
     def abort(self, reason):
+        self._over()
         if self._tee is not None:
             self._tee._cancelLag()
             self._tee._spooler = None

@@ -26,6 +26,7 @@ from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
 from annexd.nodes.ssh import SshNode, parseSshUrl
 from annexd.router.cluster import Cluster, ClusterNode, gatewayBypass
+from annexd.router.paths import PathMeter
 from annexd.router.policy import PreferredContentPolicy
 
 
@@ -89,6 +90,9 @@ class Router:
         self._shared = {} if share else None
         self.poolOptions = poolOptions or {}
         self._wrapNode = wrapNode
+        #: (node uuid, gateway uuid or None) -> the PathMeter of that path,
+        #: shared by every cluster built here and kept across reloads.
+        self.paths = {}
 
     def reloadState(self):
         """
@@ -237,6 +241,28 @@ class Router:
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
 
+    @staticmethod
+    def _weight(remote):
+        """
+        A node's weight in the choice of a download source: its configured
+        cost / 100, or 1 when none is configured (the measured path
+        decides; see L{annexd.router.paths}).
+        """
+        return 1.0 if remote.cost is None else remote.cost / 100.0
+
+    def _meter(self, remote, uuid, via=None):
+        """
+        The shared L{PathMeter} of the path to C{uuid} (through the gateway
+        C{via}, if any): its priors are those of the remote's kind of url
+        until measured.
+        """
+        meter = self.paths.get((uuid, via))
+        if meter is None:
+            local = remote.localPath(self.state.path) is not None
+            meter = self.paths[(uuid, via)] = PathMeter(
+                "local" if local else "network", hops=2 if via else 1)
+        return meter
+
     def _cluster(self, info, bypass=()):
         state = self.state
         # A shared router builds one cluster per BYPASS list; its connectors
@@ -252,7 +278,9 @@ class Router:
             nodes.append(ClusterNode(
                 remote.uuid, remote.name,
                 remote.cost if remote.cost is not None else remote.defaultCost,
-                self._connector(remote, remote.uuid)))
+                self._connector(remote, remote.uuid),
+                weight=self._weight(remote),
+                meter=self._meter(remote, remote.uuid)))
         # Other gateways of the same cluster: the cluster's uuid reached
         # through them, always with BYPASS naming this gateway, so that no
         # client (whatever its protocol version) can make gateways recurse.
@@ -262,7 +290,8 @@ class Router:
                 info.uuid, "%s-%s" % (remote.name, info.name), cost + 1,
                 self._connector(remote, info.uuid, bypass=gatewayBypass(
                     skipped, direct, remote.uuid)),
-                via=remote.uuid))
+                via=remote.uuid, weight=self._weight(remote),
+                meter=self._meter(remote, info.uuid, via=remote.uuid)))
         cluster = Cluster(info.uuid, nodes, self.policy, name=info.name,
                        gatewayUUID=state.uuid, reactor=self.reactor,
                        spoolDirectory=os.path.join(state.gitDir, "annex", "tmp"),
