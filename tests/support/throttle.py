@@ -23,15 +23,15 @@ def main(argv):
     if argv[2] != "--":
         sys.exit("usage: throttle BYTES_PER_SECOND -- COMMAND [ARGS...]")
     child = subprocess.Popen(argv[3:], stdout=subprocess.PIPE)
-    start = time.monotonic()
-    sent = 0
     out = sys.stdout.buffer.fileno()
+    due = 0.0
     while True:
         data = os.read(child.stdout.fileno(), PIECE)
         if not data:
             break
-        due = start + sent / rate
+        # No credit for idle time: a burst after a pause is paced too.
         now = time.monotonic()
+        due = max(due, now)
         if due > now:
             time.sleep(due - now)
         try:
@@ -39,7 +39,7 @@ def main(argv):
         except OSError:
             child.kill()
             break
-        sent += len(data)
+        due += len(data) / rate
     sys.exit(child.wait())
 
 
