@@ -2,6 +2,8 @@
 The router in its shared mode (long-running front-ends).
 """
 
+import os
+
 from twisted.internet import reactor
 from twisted.trial import unittest
 
@@ -65,3 +67,59 @@ class SharedRouterTests(unittest.TestCase):
         self.assertIsNot(before, after)
         self.assertIs(self.router.resolve(node, b"c"), connector)
         self.assertIn(connector, [n.repository for n in after.nodes])
+
+
+class NodeKindTests(unittest.TestCase):
+    """
+    The connector of a node follows its remote: an annexUrl (over the
+    url), a local path, a P2P address (with the gateway's auth token), ssh.
+    """
+
+    def setUp(self):
+        self.cluster = cluster_for(self, nodes=3)
+        self.gw = self.cluster.gateway.path
+        self.git = lambda *a: self.cluster.env.git(self.gw, *a)
+
+    def connectors(self):
+        state = GatewayState.load(self.gw)
+        router = Router(reactor, state, share=True,
+                        environment=self.cluster.env.env)
+        self.addCleanup(router.close)
+        return {n.name: n.repository for n in router.resolve(
+            self.cluster.cluster_uuid.encode(), state.uuid).nodes}
+
+    def test_kinds(self):
+        """
+        node1 stays local; node2 with an annexUrl (credentials in it) is an
+        L{HttpNode} without them in its url; node3 at a P2P address with a
+        creds file is a L{P2PAddressNode} with that token.
+        """
+        from annexd.nodes.http import HttpNode
+        from annexd.nodes.local import LocalNode
+        from annexd.nodes.p2paddr import P2PAddressNode
+        self.git("config", "remote.node2.annexurl",
+                 "annex+http://alice:s%40cret@127.0.0.1:9/x")
+        self.git("config", "remote.node3.url", "p2p-annex::testnet:n3")
+        self.git("config", "annexd.torsocks", "127.0.0.1:9999")
+        creds = os.path.join(self.gw, "annex", "creds")
+        os.makedirs(creds, exist_ok=True)
+        with open(os.path.join(creds, "testnet%3An3"), "w") as f:
+            f.write("abc123")
+        nodes = self.connectors()
+        self.assertIsInstance(nodes["node1"], LocalNode)
+        self.assertIsInstance(nodes["node2"], HttpNode)
+        self.assertEqual(nodes["node2"].url, "annex+http://127.0.0.1:9/x")
+        self.assertEqual(nodes["node2"]._credentials, ("alice", "s@cret"))
+        self.assertIsInstance(nodes["node3"], P2PAddressNode)
+        self.assertEqual(nodes["node3"]._token, b"abc123")
+        self.assertEqual(nodes["node3"].torSocks, ("127.0.0.1", 9999))
+
+    def test_noToken(self):
+        """
+        A node at a P2P address the gateway has no token for is
+        unreachable, and says how to fix that.
+        """
+        self.git("config", "remote.node3.url", "p2p-annex::testnet:n3")
+        node = self.connectors()["node3"]
+        failure = self.failureResultOf(node.checkPresent(None))
+        self.assertIn("git annex p2p --link", str(failure.value))
