@@ -1,12 +1,12 @@
 """
 A real C{git annex remotedaemon} serving a repository at a generic P2P
 address (C{p2p-annex::testnet:ADDR}), with the test transport program
-shared/spec/git-annex-p2p-testnet, set up as shared/spec/transports-e2e.sh
+tests/support/git-annex-p2p-testnet, set up as shared/spec/transports-e2e.sh
 does (part B).
 
 The testnet program reaches an address C{ADDR} through the symlink
-C{$TESTNET_DIR/ADDR} to the socket remotedaemon listens on (addresses that
-are not C{tcp-PORT} or C{127.0.0.1:PORT}: no relay process keeps running).
+C{$TESTNET_DIR/ADDR} to the socket remotedaemon listens on (no relay
+process keeps running).
 C{$TESTNET_DIR} is a short temporary directory, so the symlink's path fits
 a unix socket address whatever the repository's path.
 """
@@ -22,13 +22,13 @@ from tests.support.daemon import shortTempDir
 #: The network name of the test transport.
 NETNAME = "testnet"
 
-TESTNET_PROGRAM = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), os.pardir, "shared", "spec", "git-annex-p2p-testnet")
+#: The test transport program (tests/support/git-annex-p2p-testnet).
+TESTNET_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "git-annex-p2p-testnet")
 
 _SEARCH = [
     os.environ.get("ANNEXD_TESTNET_PROGRAM"),
-    os.path.normpath(TESTNET_PROGRAM),
+    TESTNET_PROGRAM,
 ]
 
 
