@@ -16,6 +16,7 @@ Every answer is an L{IRepository}; front-ends meet nothing else.
 """
 
 import os
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -28,6 +29,23 @@ from annexd.nodes.ssh import SshNode, parseSshUrl
 from annexd.router.cluster import Cluster, ClusterNode, gatewayBypass
 from annexd.router.paths import PathMeter
 from annexd.router.policy import PreferredContentPolicy
+
+
+def _splitCredentials(url):
+    """
+    C{annex+http://USER:PASSWORD@HOST/...} -> the url without them, and
+    C{(USER, PASSWORD)} (or L{None} when the url names none).
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = "[%s]" % (host,)
+    if parts.port is not None:
+        host = "%s:%d" % (host, parts.port)
+    return (urlunsplit(parts._replace(netloc=host)),
+            (unquote(parts.username), unquote(parts.password or "")))
 
 
 class UnknownTarget(Exception):
@@ -224,10 +242,20 @@ class Router:
                               **self.poolOptions))
 
     def _connector(self, remote, uuid, bypass=()):
+        """
+        The connector of a node, by the kind of its remote (in git-annex's
+        order: an C{annexUrl} wins over the url): annex+http(s), a local
+        path, ssh, a P2P address.
+        """
+        if remote.annexUrl and remote.annexUrl.startswith(
+                ("annex+http://", "annex+https://")):
+            return self._http(remote, uuid, bypass)
         path = remote.localPath(self.state.path)
         if path is not None:
             return self._local(path, uuid, self.state.uuid, remote.name,
                                bypass)
+        if remote.url and remote.url.startswith(("p2p-annex::", "tor-annex::")):
+            return self._p2pAddress(remote, uuid, bypass)
         if remote.url and parseSshUrl(remote.url) is not None:
             return self._node(
                 ("ssh", remote.url, uuid, tuple(bypass)), remote.name,
@@ -240,6 +268,51 @@ class Router:
                                 **self.poolOptions))
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
+
+    def _http(self, remote, uuid, bypass):
+        """
+        A node served over the HTTP P2P API (C{git annex p2phttp}, or
+        another annexd): credentials from the url's user information, else
+        from git's credential helper when the node asks; TLS verified
+        against C{http.sslCAInfo} when set, else the system's trust.
+        """
+        from annexd.nodes.http import HttpNode
+        url, credentials = _splitCredentials(remote.annexUrl)
+        config = self.state.config
+        return self._node(
+            ("http", url, uuid, tuple(bypass)), remote.name,
+            lambda: HttpNode(
+                self.reactor, url, uuid, self.state.uuid, name=remote.name,
+                maxConnections=self.state.jobs, bypass=bypass,
+                credentials=credentials, repoPath=self.state.path,
+                environment=self.environment,
+                trustRoot=config.get("http.sslcainfo"),
+                idleTimeout=self.poolOptions.get("idleTimeout", 60.0)))
+
+    def _p2pAddress(self, remote, uuid, bypass):
+        """
+        A node at a P2P address (C{p2p-annex::NET:ADDR} through the
+        program C{git-annex-p2p-NET}, C{tor-annex::ONION:PORT} through
+        tor's SOCKS port, C{annexd.torsocks} or 127.0.0.1:9050), with the
+        auth token C{git annex p2p --link} stored in the gateway's creds.
+        """
+        from annexd.nodes.p2paddr import P2PAddressNode, readToken
+        token = readToken(self.state.gitDir, remote.url, self.environment)
+        if token is None:
+            return UnreachableNode(uuid, (
+                "annexd has no auth token for node %s (%s): link it with"
+                " `git annex p2p --link` in the gateway" % (
+                    remote.name, remote.url)))
+        socks = self.state.config.get("annexd.torsocks") or "127.0.0.1:9050"
+        host, _, port = socks.rpartition(":")
+        return self._node(
+            ("p2p", remote.url, uuid, tuple(bypass)), remote.name,
+            lambda: P2PAddressNode(
+                self.reactor, remote.url, uuid, self.state.uuid, token,
+                maxSessions=self.state.jobs, name=remote.name,
+                bypass=bypass, environment=self.environment,
+                torSocks=(host or "127.0.0.1", int(port or 9050)),
+                **self.poolOptions))
 
     @staticmethod
     def _weight(remote):
