@@ -631,6 +631,8 @@ class TeeConsumer:
 
     def _lost(self, branch, why):
         if branch.failed is None:
+            self._log.warn("upload to node {node} stopped: {why}",
+                           node=branch.node.name, why=why)
             branch.failed = why
             if branch.reader is not None:
                 branch.reader.stopProducing(why)
