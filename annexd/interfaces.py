@@ -186,3 +186,23 @@ class IRepository(Interface):
         @return: a Deferred firing with an L{IUpload}, or with an
             L{Outcome} whose C{alreadyHad} is set.
         """
+
+
+class IStoresFiles(Interface):
+    """
+    A repository that stores content from a file on the gateway's disk
+    (external special remotes take a file name, not a stream).  A cluster
+    uploading to several of them spools the content once and hands every
+    one of them the same file; a repository proxied alone spools for
+    itself inside its L{IRepository.put}.
+    """
+
+    def storeFile(key, path):
+        """
+        Store the content of C{key}, which is the whole of the file
+        C{path} (already verified against the key where that is
+        possible).  The file is the caller's: read it, do not move or
+        change it.
+
+        @return: a Deferred firing with an L{Outcome}.
+        """
