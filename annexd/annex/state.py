@@ -207,6 +207,17 @@ class RemoteConfig:
     shell: str | None = None
     proxiedBy: bytes | None = None
     trustLevel: str | None = None
+    settings: tuple = ()
+
+    @property
+    def gitConfig(self):
+        """
+        Every C{remote.NAME.*} setting of this remote, without the prefix
+        (C{{"annex-directory": "/srv/d", ...}}), last value per name.
+
+        @rtype: L{dict}
+        """
+        return dict(self.settings)
 
     def localPath(self, repoPath):
         """
@@ -341,6 +352,7 @@ def _remotesFromConfig(entries):
             proxiedBy=(proxiedBy.encode("utf-8", "surrogateescape")
                        if proxiedBy else None),
             trustLevel=logs.parseTrustLevel(v.get("annex-trustlevel") or ""),
+            settings=tuple(v.items()),
         ))
     return remotes
 
@@ -392,6 +404,8 @@ class GatewayState:
     @ivar jobs: C{annex.jobs} (C{cpus}: the number of CPUs); default 1.
     @ivar diskReserve: C{annex.diskreserve} in bytes; default
         L{DEFAULT_DISK_RESERVE}.
+    @ivar remoteLog: uuid -> the special remote's configuration
+        (C{remote.log}, C{sameas} remotes completed from their parent).
     """
 
     def __init__(self, path, gitDir, uuid, config=None, descriptions=None,
@@ -399,7 +413,8 @@ class GatewayState:
                  clusterLog=None, trust=None, groups=None,
                  preferredContent=None, requiredContent=None,
                  groupPreferredContent=None, maxSize=None, numCopies=None,
-                 minCopies=None, jobs=1, diskReserve=DEFAULT_DISK_RESERVE):
+                 minCopies=None, jobs=1, diskReserve=DEFAULT_DISK_RESERVE,
+                 remoteLog=None):
         self.path = path
         self.gitDir = gitDir
         self.uuid = uuid
@@ -422,6 +437,7 @@ class GatewayState:
         self.minCopies = minCopies
         self.jobs = jobs
         self.diskReserve = diskReserve
+        self.remoteLog = dict(remoteLog or {})
         self._ownProxies = self.proxies.get(uuid, ())
         self.proxied = {}
         for proxiedUUID, name in self._ownProxies:
@@ -504,6 +520,8 @@ class GatewayState:
                 minCopies=logs.parseNumCopiesLog(read("mincopies.log")),
                 jobs=_jobs(config.get("annex.jobs")),
                 diskReserve=cls._diskReserve(config.get("annex.diskreserve")),
+                remoteLog=logs.inheritSameas(logs.parseRemoteLog(
+                    read("remote.log"))),
             )
         finally:
             if ownReader:
@@ -549,6 +567,19 @@ class GatewayState:
         @rtype: L{list} of L{RemoteConfig}
         """
         return self._byCost(r for r in self.remotes if r.uuid == uuid)
+
+    def specialConfig(self, remote):
+        """
+        The configuration of C{remote} if it is a special remote (its uuid
+        has a C{remote.log} entry and it has no git url), else L{None}.
+
+        @type remote: L{RemoteConfig}
+        @rtype: L{dict} of L{str} to L{str}, or L{None}
+        """
+        if remote.url or remote.annexUrl or not remote.uuid:
+            return None
+        config = self.remoteLog.get(remote.uuid)
+        return None if config is None else dict(config)
 
     def remote(self, name):
         """

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from annexd.annex.location import LocationLog
+from annexd.annex.state import LOCAL_REMOTE_COST
 from annexd.interfaces import IRepository, RepositoryUnavailable
 from annexd.nodes.local import LocalNode
 from annexd.nodes.ssh import SshNode, parseSshUrl
@@ -250,6 +251,9 @@ class Router:
         if remote.annexUrl and remote.annexUrl.startswith(
                 ("annex+http://", "annex+https://")):
             return self._http(remote, uuid, bypass)
+        special = self.state.specialConfig(remote)
+        if special is not None:
+            return self._special(remote, uuid, special)
         path = remote.localPath(self.state.path)
         if path is not None:
             return self._local(path, uuid, self.state.uuid, remote.name,
@@ -268,6 +272,46 @@ class Router:
                                 **self.poolOptions))
         return UnreachableNode(uuid, "annexd cannot reach node %s (%s) yet" % (
             remote.name, remote.url or remote.annexUrl))
+
+    #: Special remote types annexd reaches itself: type -> (module, class).
+    SPECIAL_TYPES = {
+        "directory": ("annexd.nodes.directory", "DirectoryNode"),
+        "external": ("annexd.nodes.external", "ExternalNode"),
+        "S3": ("annexd.nodes.s3", "S3Node"),
+    }
+
+    def _special(self, remote, uuid, config):
+        """
+        A special remote as a node: annexd speaks its storage itself
+        (directory, external programs, S3); other types are unreachable,
+        with a reason.
+        """
+        kind = config.get("type", "")
+        where = self.SPECIAL_TYPES.get(kind)
+        if where is None:
+            return UnreachableNode(uuid, (
+                "annexd cannot reach node %s: special remotes of type %s are"
+                " not supported" % (remote.name, kind or "(none)")))
+        if config.get("encryption", "none") != "none":
+            return UnreachableNode(uuid, (
+                "annexd cannot reach node %s: encrypted special remotes"
+                " (encryption=%s) are not supported" % (
+                    remote.name, config.get("encryption"))))
+        import importlib
+        nodeClass = getattr(importlib.import_module(where[0]), where[1])
+        options = {}
+        if kind == "external":
+            options = dict(
+                maxProcesses=self.state.jobs,
+                spoolDirectory=os.path.join(self.state.gitDir, "annex", "tmp"),
+                diskReserve=self.state.diskReserve)
+        elif kind == "S3":
+            options = dict(maxConnections=max(4, self.state.jobs))
+        return self._node(
+            ("special", kind, remote.name, uuid), remote.name,
+            lambda: nodeClass(self.reactor, uuid, remote.name, config,
+                              remote.gitConfig, self.state.path,
+                              environment=self.environment, **options))
 
     def _http(self, remote, uuid, bypass):
         """
@@ -314,6 +358,18 @@ class Router:
                 torSocks=(host or "127.0.0.1", int(port or 9050)),
                 **self.poolOptions))
 
+    def _cost(self, remote):
+        """
+        A node's cost: configured, else git-annex's default for its kind
+        (a directory special remote is as cheap as a local repository).
+        """
+        if remote.cost is not None:
+            return remote.cost
+        special = self.state.specialConfig(remote)
+        if special is not None and special.get("type") == "directory":
+            return LOCAL_REMOTE_COST
+        return remote.defaultCost
+
     @staticmethod
     def _weight(remote):
         """
@@ -331,7 +387,9 @@ class Router:
         """
         meter = self.paths.get((uuid, via))
         if meter is None:
-            local = remote.localPath(self.state.path) is not None
+            special = self.state.specialConfig(remote)
+            local = (remote.localPath(self.state.path) is not None
+                     or (special or {}).get("type") == "directory")
             meter = self.paths[(uuid, via)] = PathMeter(
                 "local" if local else "network", hops=2 if via else 1)
         return meter
@@ -349,8 +407,7 @@ class Router:
         nodes = []
         for remote in state.clusterNodes(info.uuid):
             nodes.append(ClusterNode(
-                remote.uuid, remote.name,
-                remote.cost if remote.cost is not None else remote.defaultCost,
+                remote.uuid, remote.name, self._cost(remote),
                 self._connector(remote, remote.uuid),
                 weight=self._weight(remote),
                 meter=self._meter(remote, remote.uuid)))
