@@ -14,7 +14,11 @@ connection, it is a L{P2PClient} on a L{StringTransport}.
 Everything runs synchronously; no reactor is involved.
 """
 
+import os
+
 from hypothesis import given, settings, strategies as st
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.testing import StringTransport
@@ -1523,3 +1527,115 @@ class GatewayBypassTests(unittest.SynchronousTestCase):
             tuple(sorted([self.GW, self.GC])))
         self.assertEqual(gatewayBypass({self.GW}, {self.GB}, self.GB),
                          (self.GW,))
+
+
+class FileStoringRepository(MemoryRepository):
+    """
+    A L{MemoryRepository} that stores from files (an external special
+    remote): C{storeFile} reads the file it is given.
+
+    @ivar paths: the paths it was given.
+    """
+
+    def __init__(self, uuid):
+        MemoryRepository.__init__(self, uuid)
+        self.paths = []
+
+    def storeFile(self, key, path):
+        self.paths.append(path)
+        with open(path, "rb") as f:
+            self.contents[key.raw] = f.read()
+        return succeed(Outcome(True))
+
+
+class FileNodeTests(unittest.SynchronousTestCase):
+    """
+    Nodes that store from files get the upload spooled once, checked
+    against its key, and the same file each.
+    """
+
+    def setUp(self):
+        self.spoolDir = self.mktemp()
+        self.stream = MemoryRepository(N1)
+        self.files = [FileStoringRepository(N2), FileStoringRepository(N3)]
+
+    def makeCluster(self, diskReserve=0, stream=True):
+        nodes = [ClusterNode(N2, "ext2", 200, self.files[0]),
+                 ClusterNode(N3, "ext3", 200, self.files[1])]
+        if stream:
+            nodes.insert(0, ClusterNode(N1, "node1", 100, self.stream))
+        return Cluster(CLUSTER_UUID, nodes, spoolDirectory=self.spoolDir,
+                       diskReserve=diskReserve, reactor=Clock())
+
+    def upload(self, cluster, content, key):
+        upload = self.successResultOf(cluster.put(key, b"f"))
+        self.assertEqual(upload.offset, 0)
+        sink = upload.receive(len(content))
+        spooled = os.listdir(self.spoolDir)
+        sink.write(content)
+        return self.successResultOf(upload.finish(True)), spooled
+
+    def test_oneSpoolForAll(self):
+        """
+        Both file nodes store from one spool file (the same path), which is
+        gone afterwards; the stream node gets the stream; all three are in
+        the answer.
+        """
+        cluster = self.makeCluster()
+        outcome, spooled = self.upload(cluster, CONTENT, KEY)
+        self.assertEqual(set(outcome.uuids), {N1, N2, N3})
+        self.assertEqual(len(spooled), 1)
+        self.assertEqual(self.files[0].paths, self.files[1].paths)
+        for repo in [self.stream] + self.files:
+            self.assertEqual(repo.contents[KEY.raw], CONTENT)
+        self.assertEqual(os.listdir(self.spoolDir), [])
+        self.assertEqual(cluster.spoolsMade, 1)
+
+    def test_badContentNotStored(self):
+        """
+        Content that does not match its key is not handed to the file
+        nodes (the stream node refuses it too), and the spool is removed.
+        """
+        cluster = self.makeCluster()
+        outcome, _ = self.upload(cluster, b"hello worlD\n", KEY)
+        self.assertEqual(outcome, Outcome(False, ()))
+        for repo in self.files:
+            self.assertEqual(repo.paths, [])
+        self.assertEqual(os.listdir(self.spoolDir), [])
+
+    def test_alreadyThere(self):
+        """
+        A file node that has the content already is asked nothing more.
+        """
+        self.files[0].add(CONTENT, KEY)
+        outcome, _ = self.upload(self.makeCluster(), CONTENT, KEY)
+        self.assertEqual(set(outcome.uuids), {N1, N2, N3})
+        self.assertEqual(self.files[0].paths, [])
+
+    def test_diskReserve(self):
+        """
+        When spooling would cross annex.diskreserve, the file nodes are
+        left out before any byte is spooled; with no other node, the PUT
+        is refused with the reason.
+        """
+        reserve = 10 ** 18
+        outcome, spooled = self.upload(self.makeCluster(reserve), CONTENT, KEY)
+        self.assertEqual(outcome.uuids, (N1,))
+        self.assertEqual(spooled, [])
+        failure = self.failureResultOf(
+            self.makeCluster(reserve, stream=False).put(KEY, b"f"),
+            RepositoryError)
+        self.assertIn("annex.diskreserve", str(failure.value))
+        self.assertEqual(os.listdir(self.spoolDir), [])
+
+    def test_abort(self):
+        """
+        An upload given up on removes its spool; no file node stores.
+        """
+        cluster = self.makeCluster()
+        upload = self.successResultOf(cluster.put(KEY, b"f"))
+        upload.receive(len(CONTENT)).write(CONTENT[:5])
+        upload.abort("client gone")
+        self.assertEqual(os.listdir(self.spoolDir), [])
+        for repo in self.files:
+            self.assertEqual(repo.paths, [])

@@ -37,7 +37,8 @@ from zope.interface import Interface, implementer
 
 from annexd.clock import monotonicSeconds
 from annexd.router.paths import PathMeter
-from annexd.router.spool import Spool, SpoolReader, SpoolRefused
+from annexd.annex.verify import Verifier
+from annexd.router.spool import Spool, SpoolReader, SpoolRefused, checkRoom
 from annexd.interfaces import (
     IDownload, IRepository, IUpload, Outcome, ProtocolNotSupported,
     RepositoryError, RepositoryUnavailable)
@@ -422,30 +423,69 @@ class Cluster:
                    if self.policy.wants(n, key, associatedFile, known)]
         return wanting or lacking or list(self.nodes)
 
+    def _fileTargets(self, key, targets):
+        """
+        Split C{targets} into nodes that take a stream and nodes that
+        store from a file (L{annexd.interfaces.IStoresFiles}: external
+        special remotes).  The latter need the upload spooled to one file
+        (whatever their number); when that file cannot be made without
+        crossing C{annex.diskreserve}, they are left out, with the reason.
+
+        @return: C{(stream nodes, file nodes, reason or None)}
+        """
+        stream, files = [], []
+        for node in targets:
+            (files if callable(getattr(node.repository, "storeFile", None))
+             else stream).append(node)
+        if not files:
+            return stream, files, None
+        if self.spoolDirectory is None:
+            return stream, [], "%s cannot spool uploads" % (self.name,)
+        try:
+            checkRoom(self.spoolDirectory, key.size or 0, self.diskReserve)
+        except SpoolRefused as e:
+            return stream, [], str(e)
+        return stream, files, None
+
     async def _put(self, key, associatedFile):
         targets = self.targets(key, associatedFile)
         if not targets:
             raise RepositoryError("%s has no nodes" % (self.name,))
-        results = await _settle([defer.maybeDeferred(
-            n.repository.put, key, associatedFile) for n in targets])
+        targets, fileNodes, refused = self._fileTargets(key, targets)
+        if refused is not None:
+            self._log.warn("PUT {key} to {cluster}: not to the nodes that"
+                           " store from files: {why}", key=str(key),
+                           cluster=self.name, why=refused)
+            if not targets:
+                raise RepositoryError("%s refuses %s: %s" % (
+                    self.name, key.raw.decode("utf-8", "replace"), refused))
+        results = await _settle(
+            [defer.maybeDeferred(n.repository.put, key, associatedFile)
+             for n in targets]
+            + [defer.maybeDeferred(n.repository.checkPresent, key)
+               for n in fileNodes])
         uploads = []
         had = []
         errors = []
-        for node, (ok, result) in zip(targets, results):
+        storing = []
+        for node, (ok, result) in zip(targets + fileNodes, results):
             if not ok:
                 errors.append(result)
                 self._failed(node, "PUT", result)
-            elif isinstance(result, Outcome):
+            elif result is True or isinstance(result, Outcome):
                 had.append(node.uuid)
-                had.extend(u for u in result.uuids if u not in had)
+                if isinstance(result, Outcome):
+                    had.extend(u for u in result.uuids if u not in had)
+            elif result is False:
+                storing.append(node)
             else:
                 uploads.append((node, result))
-        if not uploads:
+        if not uploads and not storing:
             if had:
                 return Outcome(True, tuple(had), alreadyHad=True)
             raise RepositoryError("no node of %s accepted the content: %s" % (
                 self.name, _describe(errors[0])))
-        return _ClusterUpload(self, uploads, tuple(had))
+        return _ClusterUpload(self, uploads, tuple(had), key, storing)
 
 
 class _Absent:
@@ -564,6 +604,8 @@ class TeeConsumer:
         self._lagSeconds = lagSeconds
         self._lagTimer = None
         self._laggard = None
+        #: a Verifier fed with the stream, or None
+        self.verifier = None
         if length == 0:
             self.done.callback(0)
 
@@ -591,6 +633,8 @@ class TeeConsumer:
         self.written += len(data)
         if self.spool is not None:
             self.spool.append(data)
+        if self.verifier is not None:
+            self.verifier.update(data)
         for branch in self._coupled():
             part = data
             if branch.skip > start:
@@ -696,14 +740,26 @@ class TeeConsumer:
 
 @implementer(IUpload)
 class _ClusterUpload:
-    def __init__(self, cluster, uploads, had):
+    def __init__(self, cluster, uploads, had, key=None, fileNodes=()):
+        """
+        @param fileNodes: nodes that store from a file: the whole content
+            is spooled once (from offset 0), checked against C{key}, and
+            then handed to each of them.
+        """
         self._cluster = cluster
         self._uploads = uploads
         self._had = had
-        self.offset = min(u.offset for _, u in uploads)
+        self._key = key
+        self._fileNodes = list(fileNodes)
+        offsets = [u.offset for _, u in uploads]
+        if self._fileNodes:
+            offsets.append(0)
+        self.offset = min(offsets)
         self._tee = None
+        self._verifier = None
+        self._fileSpool = None
         # The nodes are busy with this upload until it is over.
-        self._busy = [node for node, _ in uploads]
+        self._busy = [node for node, _ in uploads] + self._fileNodes
         for node in self._busy:
             node.meter.begin()
 
@@ -731,6 +787,23 @@ class _ClusterUpload:
         self._tee = TeeConsumer(branches, length, self._spooler(),
                                 self._cluster.reactor,
                                 self._cluster.lagSeconds)
+        if self._fileNodes:
+            # One named spool of the whole content for the nodes that
+            # store from a file; a lagging node is fed from it too.
+            try:
+                self._fileSpool = Spool(
+                    self._cluster.spoolDirectory, 0, total,
+                    self._cluster.diskReserve, named=True)
+            except SpoolRefused as e:
+                for node in self._fileNodes:
+                    self._cluster._failed(node, "PUT", e)
+                self._fileNodes = []
+            else:
+                self._cluster.spoolsMade += 1
+                self._fileSpool.attach(self)
+                self._tee.spool = self._fileSpool
+                self._verifier = Verifier(self._key)
+                self._tee.verifier = self._verifier
         for branch in branches:
             # A sink that fails drops its node from the tee (even if its
             # transport never stopped the producer); the failure itself is
@@ -751,6 +824,47 @@ class _ClusterUpload:
             return made
         return spool
 
+    def more(self):
+        """
+        (The file spool's holder while nodes store from it.)
+        """
+
+    def _releaseFileSpool(self):
+        spool, self._fileSpool = self._fileSpool, None
+        if spool is not None:
+            spool.detach(self)
+            if not spool.finished:
+                spool.close()
+
+    async def _storeFiles(self, valid):
+        """
+        Hand the spooled content to every node that stores from a file,
+        if the content matches its key.
+
+        @return: C{(nodes, results)} as L{_settle} gives them.
+        """
+        nodes = self._fileNodes
+        spool = self._fileSpool
+        if not nodes or spool is None:
+            return [], []
+        try:
+            verdict = self._verifier.verdict() if self._verifier else None
+            complete = spool.end - spool.start == self._tee.length
+            if valid is False or verdict is False or not complete:
+                why = ("the sender said the content is invalid"
+                       if valid is False else
+                       "the content does not match its key"
+                       if verdict is False else "the content is incomplete")
+                for node in nodes:
+                    self._cluster._failed(node, "PUT", RepositoryError(why))
+                return [], []
+            results = await _settle([
+                defer.maybeDeferred(n.repository.storeFile, self._key,
+                                    spool.path) for n in nodes])
+            return nodes, results
+        finally:
+            self._releaseFileSpool()
+
     def finish(self, valid):
         return defer.Deferred.fromCoroutine(self._finish(valid)).addBoth(
             _passing(self._over))
@@ -769,7 +883,9 @@ class _ClusterUpload:
             branches = self._tee.live()
         results = await _settle([defer.maybeDeferred(b.upload.finish, valid)
                                  for b in branches])
-        return self._collect(branches, results, "PUT")
+        fileNodes, fileResults = await self._storeFiles(valid)
+        branches = branches + [_Branch(n, None, None, 0) for n in fileNodes]
+        return self._collect(branches, results + fileResults, "PUT")
 
     def _collect(self, branches, results, what):
         stored = []
@@ -794,6 +910,7 @@ class _ClusterUpload:
 
     def abort(self, reason):
         self._over()
+        self._releaseFileSpool()
         if self._tee is not None:
             self._tee._cancelLag()
             self._tee._spooler = None

@@ -44,6 +44,25 @@ class SpoolRefused(Exception):
     """
 
 
+def checkRoom(directory, size, diskReserve):
+    """
+    Check that C{size} bytes can be spooled in C{directory} and leave
+    C{diskReserve} bytes free (made if missing).
+
+    @raise SpoolRefused: with the reason, if not.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        free = shutil.disk_usage(directory).free
+    except OSError as e:
+        raise SpoolRefused("cannot spool in %s: %s" % (directory, e))
+    if free - size < diskReserve:
+        raise SpoolRefused(
+            "spooling %d bytes in %s would leave less than "
+            "annex.diskreserve (%d bytes) free" % (
+                size, directory, diskReserve))
+
+
 class Spool:
     """
     An anonymous temporary file holding the upload's stream from stream
@@ -56,25 +75,24 @@ class Spool:
 
     _log = Logger()
 
-    def __init__(self, directory, start, remaining, diskReserve):
+    def __init__(self, directory, start, remaining, diskReserve, named=False):
         """
         @param remaining: bytes of the stream still to come.
+        @param named: give the file a name (L{path}), for nodes that store
+            from a file; it is removed when the spool closes.
         @raise SpoolRefused: if the disk cannot take them and keep
             C{diskReserve} bytes free.
         """
+        checkRoom(directory, remaining, diskReserve)
         try:
-            os.makedirs(directory, exist_ok=True)
-            free = shutil.disk_usage(directory).free
-        except OSError as e:
-            raise SpoolRefused("cannot spool in %s: %s" % (directory, e))
-        if free - remaining < diskReserve:
-            raise SpoolRefused(
-                "spooling %d bytes in %s would leave less than "
-                "annex.diskreserve (%d bytes) free" % (
-                    remaining, directory, diskReserve))
-        try:
-            self._file = tempfile.TemporaryFile(dir=directory,
-                                                prefix="annexd-spool-")
+            if named:
+                self._file = tempfile.NamedTemporaryFile(
+                    dir=directory, prefix="annexd-spool-")
+                self.path = self._file.name
+            else:
+                self._file = tempfile.TemporaryFile(dir=directory,
+                                                    prefix="annexd-spool-")
+                self.path = None
         except OSError as e:
             raise SpoolRefused("cannot spool in %s: %s" % (directory, e))
         self._fd = self._file.fileno()
