@@ -199,7 +199,7 @@ class P2PClient:
         reply = await self._reply((m.Success, m.Failure))
         if isinstance(reply, m.Failure):
             return None
-        return _ContentLock(self)
+        return _ContentLock(self, key)
 
     def remove(self, key, before=None):
         return self._exchange(self._remove, key, before)
@@ -289,11 +289,38 @@ class _Turn:
 
 @implementer(IContentLock)
 class _ContentLock(_Turn):
+    """
+    A lock held on a session.  C{UNLOCKCONTENT} has no reply, so that the
+    release is known to have happened on the node before anything else is
+    asked of it (on this session or another), L{release} follows it with a
+    C{CHECKPRESENT} of the same key and waits for the answer.
+    """
+
+    def __init__(self, client, key):
+        _Turn.__init__(self, client)
+        self._key = key
+        self._releasing = None
+
     def release(self):
-        if not self._done:
+        if self._done:
+            return defer.succeed(None)
+        if self._releasing is None:
             self._client.connection.sendMessage(m.UnlockContent())
+            self._releasing = defer.Deferred.fromCoroutine(self._confirm())
+        released = defer.Deferred()
+        self._releasing.addBoth(lambda _: released.callback(None) or _)
+        return released
+
+    async def _confirm(self):
+        try:
+            self._client.connection.sendMessage(m.CheckPresent(self._key))
+            await self._client._reply((m.Success, m.Failure))
+        except Exception:
+            # The session broke: the node's process ends, and its lock
+            # with it.
+            pass
+        finally:
             self._complete()
-        return defer.succeed(None)
 
 
 @implementer(IDownload)
