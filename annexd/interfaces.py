@@ -197,6 +197,11 @@ class IStoresFiles(Interface):
     itself inside its L{IRepository.put}.
     """
 
+    needsFile = Attribute(
+        "Whether the repository can only store from a file (its put() "
+        "spools for itself): a cluster then spools once for all such "
+        "nodes and calls storeFile instead of put.")
+
     def storeFile(key, path):
         """
         Store the content of C{key}, which is the whole of the file

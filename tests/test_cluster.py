@@ -1537,6 +1537,8 @@ class FileStoringRepository(MemoryRepository):
     @ivar paths: the paths it was given.
     """
 
+    needsFile = True
+
     def __init__(self, uuid):
         MemoryRepository.__init__(self, uuid)
         self.paths = []

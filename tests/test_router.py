@@ -123,3 +123,32 @@ class NodeKindTests(unittest.TestCase):
         node = self.connectors()["node3"]
         failure = self.failureResultOf(node.checkPresent(None))
         self.assertIn("git annex p2p --link", str(failure.value))
+
+    def test_specialRemotes(self):
+        """
+        Special remotes (a remote.log entry, no url) become nodes by their
+        type; an encrypted one or a type annexd does not speak is
+        unreachable and says why.
+        """
+        from annexd.nodes.directory import DirectoryNode
+        base = self.cluster.base_dir
+        made = {}
+        for name, extra in (("plain", ["encryption=none"]),
+                            ("secret", ["encryption=shared"])):
+            where = os.path.join(base, name + "-store")
+            os.makedirs(where)
+            self.cluster.env.annex(self.gw, "initremote", name,
+                                   "type=directory", "directory=" + where,
+                                   *extra)
+            self.git("config", "remote.%s.annex-cluster-node" % name,
+                     self.cluster.name)
+            made[name] = where
+        self.cluster.env.annex(self.gw, "updatecluster")
+        state = GatewayState.load(self.gw)
+        config = state.specialConfig(state.remote("plain"))
+        self.assertEqual(config["type"], "directory")
+        self.assertIsNone(state.specialConfig(state.remote("node1")))
+        nodes = self.connectors()
+        self.assertIsInstance(nodes["plain"], DirectoryNode)
+        failure = self.failureResultOf(nodes["secret"].checkPresent(None))
+        self.assertIn("encrypted special remotes", str(failure.value))

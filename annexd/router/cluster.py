@@ -425,9 +425,9 @@ class Cluster:
 
     def _fileTargets(self, key, targets):
         """
-        Split C{targets} into nodes that take a stream and nodes that
-        store from a file (L{annexd.interfaces.IStoresFiles}: external
-        special remotes).  The latter need the upload spooled to one file
+        Split C{targets} into nodes that take a stream and nodes that can
+        only store from a file (L{annexd.interfaces.IStoresFiles} with
+        C{needsFile}: external special remotes).  The latter need the upload spooled to one file
         (whatever their number); when that file cannot be made without
         crossing C{annex.diskreserve}, they are left out, with the reason.
 
@@ -435,7 +435,7 @@ class Cluster:
         """
         stream, files = [], []
         for node in targets:
-            (files if callable(getattr(node.repository, "storeFile", None))
+            (files if getattr(node.repository, "needsFile", False)
              else stream).append(node)
         if not files:
             return stream, files, None
