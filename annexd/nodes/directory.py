@@ -425,6 +425,10 @@ class DirectoryNode:
 
     bypass = ()
 
+    #: Stores from a stream (put); storeFile only for callers that have a
+    #: file anyway.
+    needsFile = False
+
     #: No session limit: requests are independent disk operations.
     maxSessions = None
 
