@@ -1,0 +1,127 @@
+"""
+Special remotes as nodes of a cluster served by annexd, end to end: a
+stock git-annex client copies to the cluster, gets from it and drops from
+it through annexd (its ssh remote, forced command annexd-shell), and
+git-annex itself, run in the gateway, checks with C{git annex fsck --from
+NODE} every object annexd stored on each special remote.
+
+Nodes: node1 (a git repository) and special remotes of the gateway,
+configured as C{git annex initremote} leaves them and made cluster nodes
+(C{annex-cluster-node}, C{updatecluster}).
+"""
+
+import hashlib
+import os
+import shlex
+import sys
+
+from twisted.trial import unittest
+
+from tests.support.annex import cluster_for
+
+MiB = 1024 * 1024
+
+
+class SpecialClusterMixin:
+
+    timeout = 300
+
+    def setUp(self):
+        self.cluster = cluster = cluster_for(self, nodes=1)
+        self.env = dict(cluster.env.env)
+        self.gw = cluster.gateway.path
+        self.specials = []
+        self.addSpecialRemotes()
+        for name in self.specials:
+            cluster.env.git(self.gw, "config",
+                            "remote.%s.annex-cluster-node" % (name,),
+                            cluster.name)
+        self.gwAnnex("updatecluster")
+        # The client learns the new nodes through the gateway's branch.
+        self.clientEnv = dict(self.env, FAKESSH_FORCED_COMMAND="exec %s -m annexd.shell" % (
+            shlex.quote(sys.executable),))
+        self.annex("sync", "--quiet", "--no-content", "--no-push")
+        self.target = cluster.remote_name(cluster.name)
+        for name in self.specials:
+            self.verify(cluster.remote_name(name))
+
+    def verify(self, remote):
+        """
+        Confirm a proxied special remote once, as a user must before
+        git-annex 10.2026 writes to it: C{git annex verifyremote REMOTE}
+        shows its configuration and the C{--safe ID} to run.
+        """
+        out = self.annex("verifyremote", remote)
+        safe = [line.split("--safe", 1)[1].split()[0]
+                for line in out.splitlines() if "--safe" in line]
+        self.assertEqual(len(safe), 1, out)
+        self.annex("verifyremote", remote, "--safe", safe[0])
+
+    def addSpecialRemotes(self):
+        raise NotImplementedError()
+
+    def gwAnnex(self, *args, **kw):
+        return self.cluster.env.annex(self.gw, *args, env=self.env, **kw)
+
+    def annex(self, *args):
+        return self.cluster.client_annex(*args, env=self.clientEnv)
+
+    def uuidOf(self, name):
+        return self.cluster.env.git(self.gw, "config",
+                                    "remote.%s.annex-uuid" % (name,)).strip()
+
+    def fsckFrom(self, name, key):
+        """
+        git-annex, in the gateway, checks the object on special remote
+        C{name}: it must be there, and intact.
+        """
+        out = self.gwAnnex("fsck", "--from", name, "--key", key, "--json")
+        self.assertIn('"success":true', out.replace(" ", ""), out)
+
+    def test_copyGetDrop(self):
+        """
+        copy --to the cluster stores the file on node1 and on every special
+        remote; git-annex's fsck --from each special remote passes; the
+        client's whereis names them all; get --from the cluster with
+        node1's copy gone comes from a special remote; drop --from the
+        cluster removes it everywhere.
+        """
+        data = os.urandom(3 * MiB + 5)
+        digest = hashlib.sha256(data).hexdigest()
+        key = self.cluster.add_file("big.bin", data)
+        self.annex("copy", "--quiet", "--to", self.target, "big.bin")
+        self.assertEqual(self.cluster.node_sha256("node1", key), digest)
+        for name in self.specials:
+            self.fsckFrom(name, key)
+        whereis = self.cluster.whereis(key)
+        for name in self.specials:
+            self.assertIn(self.uuidOf(name), whereis)
+
+        # node1 loses its copy behind the gateway's back.
+        self.cluster.env.annex(self.cluster.node(1).path, "drop", "--force",
+                               "--key", key)
+        self.annex("drop", "--quiet", "--force", "big.bin")
+        self.annex("get", "--quiet", "--from", self.target, "big.bin")
+        with open(os.path.join(self.cluster.client.path, "big.bin"), "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), digest)
+
+        self.annex("drop", "--quiet", "--from", self.target, "big.bin")
+        for name in self.specials:
+            out = self.gwAnnex("fsck", "--from", name, "--key", key, "--json",
+                               check=False)
+            self.assertNotIn('"success":true', out.replace(" ", ""), name)
+
+
+class DirectoryClusterTests(SpecialClusterMixin, unittest.TestCase):
+    """
+    A cluster of a git node and two directory special remotes (one
+    chunked).
+    """
+
+    def addSpecialRemotes(self):
+        for name, extra in (("dir", []), ("dirchunked", ["chunk=1MiB"])):
+            where = os.path.join(self.cluster.base_dir, name + "-store")
+            os.makedirs(where)
+            self.gwAnnex("initremote", name, "type=directory",
+                         "directory=" + where, "encryption=none", *extra)
+            self.specials.append(name)
