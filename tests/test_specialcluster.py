@@ -125,3 +125,85 @@ class DirectoryClusterTests(SpecialClusterMixin, unittest.TestCase):
             self.gwAnnex("initremote", name, "type=directory",
                          "directory=" + where, "encryption=none", *extra)
             self.specials.append(name)
+
+
+TESTDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       "support", "git-annex-remote-testdir")
+
+
+class ExternalClusterTests(SpecialClusterMixin, unittest.TestCase):
+    """
+    A cluster of a git node, a directory special remote and two external
+    special remotes (the annexremote test remote): an upload is spooled
+    once for both external remotes.
+    """
+
+    def addSpecialRemotes(self):
+        bindir = os.path.abspath(self.mktemp())
+        os.makedirs(bindir)
+        program = os.path.join(bindir, "git-annex-remote-testdir")
+        with open(program, "w") as f:
+            f.write("#!/bin/sh\nexec %s %s \"$@\"\n" % (
+                shlex.quote(sys.executable), shlex.quote(TESTDIR)))
+        os.chmod(program, 0o755)
+        self.env["PATH"] = bindir + os.pathsep + self.env["PATH"]
+        where = os.path.join(self.cluster.base_dir, "dir-store")
+        os.makedirs(where)
+        self.gwAnnex("initremote", "dir", "type=directory",
+                     "directory=" + where, "encryption=none")
+        self.specials.append("dir")
+        for name in ("ext1", "ext2"):
+            store = os.path.join(self.cluster.base_dir, name + "-store")
+            os.makedirs(store)
+            self.gwAnnex("initremote", name, "type=external",
+                         "externaltype=testdir", "encryption=none",
+                         "directory=" + store)
+            self.specials.append(name)
+
+    def test_oneSpool(self):
+        """
+        While a 24 MiB upload to the cluster runs, the gateway's spool
+        directory never holds more than one file, of at most the
+        content's size; none is left afterwards; both external remotes
+        have the content (git-annex's fsck says so).
+        """
+        from twisted.internet import reactor, threads
+        spoolDir = os.path.join(self.gw, "annex", "tmp")
+        seen = []
+        done = []
+
+        def sample():
+            if done:
+                return
+            try:
+                names = [n for n in os.listdir(spoolDir)
+                         if n.startswith("annexd-spool-")]
+                sizes = [os.path.getsize(os.path.join(spoolDir, n))
+                         for n in names]
+            except OSError:
+                names, sizes = [], []
+            seen.append((len(names), max(sizes, default=0)))
+            reactor.callLater(0.01, sample)
+
+        size = 24 * MiB
+        key = self.cluster.add_file("spooled.bin", os.urandom(size))
+        sample()
+
+        def copy():
+            try:
+                self.annex("copy", "--quiet", "--to", self.target,
+                           "spooled.bin")
+            finally:
+                done.append(True)
+        d = threads.deferToThread(copy)
+
+        def check(_):
+            self.assertTrue(any(count == 1 for count, _ in seen),
+                            "the spool was never seen")
+            self.assertLessEqual(max(count for count, _ in seen), 1)
+            self.assertLessEqual(max(biggest for _, biggest in seen), size)
+            self.assertEqual([n for n in os.listdir(spoolDir)
+                              if n.startswith("annexd-spool-")], [])
+            for name in ("ext1", "ext2"):
+                self.fsckFrom(name, key)
+        return d.addCallback(check)
