@@ -60,8 +60,9 @@ class SpecialClusterMixin:
     def addSpecialRemotes(self):
         raise NotImplementedError()
 
-    def gwAnnex(self, *args, **kw):
-        return self.cluster.env.annex(self.gw, *args, env=self.env, **kw)
+    def gwAnnex(self, *args, env=None, **kw):
+        return self.cluster.env.annex(self.gw, *args, env=env or self.env,
+                                      **kw)
 
     def annex(self, *args):
         return self.cluster.client_annex(*args, env=self.clientEnv)
@@ -207,3 +208,85 @@ class ExternalClusterTests(SpecialClusterMixin, unittest.TestCase):
             for name in ("ext1", "ext2"):
                 self.fsckFrom(name, key)
         return d.addCallback(check)
+
+
+class S3ClusterTests(SpecialClusterMixin, unittest.TestCase):
+    """
+    A cluster of a git node and an S3 special remote on a local
+    S3-compatible server (moto, with request accounting).
+    """
+
+    def addSpecialRemotes(self):
+        from tests.test_s3node import s3server
+        self.server = s3server()
+        self.cluster.env.git(self.gw, "config",
+                             "annex.security.allowed-ip-addresses", "127.0.0.1")
+        import uuid
+        self.bucket = "annexd-cluster-" + uuid.uuid4().hex[:12]
+        self.gwAnnex("initremote", "s3", "type=S3", "encryption=none",
+                     "host=127.0.0.1", "port=%d" % (self.server.port,),
+                     "protocol=http", "requeststyle=path",
+                     "bucket=" + self.bucket,
+                     "signature=v4", "region=us-east-1", env=dict(
+                         self.env, AWS_ACCESS_KEY_ID=self.server.accessKey,
+                         AWS_SECRET_ACCESS_KEY=self.server.secretKey))
+        self.specials.append("s3")
+
+    def test_resumedGet(self):
+        """
+        A client's GET from the cluster, served by the S3 node (the git
+        node lost its copy) through annexd, killed once half
+        the content has arrived, resumes from there: the second request to
+        S3 asks for the rest only (a Range from the client's offset) and
+        S3 sends exactly that.
+        """
+        import signal
+        import subprocess
+        import time
+        size = 16 * MiB
+        data = os.urandom(size)
+        key = self.cluster.add_file("resume.bin", data)
+        self.annex("copy", "--quiet", "--to", self.target, "resume.bin")
+        # Only S3 has it now (the gateway's log still names node1 too).
+        self.cluster.env.annex(self.cluster.node(1).path, "drop", "--force",
+                               "--key", key)
+        self.annex("drop", "--quiet", "--force", "resume.bin")
+        self.server.clearLog()
+        # annexd-shell's output to the client is slowed down to 4 MiB/s,
+        # so that the client can be stopped half way.
+        from tests.support import throttle
+        slow = dict(self.clientEnv, FAKESSH_FORCED_COMMAND=(
+            "exec %s %s %d -- %s -m annexd.shell" % (
+                shlex.quote(sys.executable), shlex.quote(throttle.__file__),
+                4 * MiB, shlex.quote(sys.executable))))
+        partial = os.path.join(self.cluster.client.path, ".git", "annex",
+                               "tmp", key)
+        client = subprocess.Popen(
+            ["git-annex", "get", "--from", self.target, "resume.bin"], cwd=self.cluster.client.path, env=slow,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        try:
+            while not (os.path.exists(partial)
+                       and os.path.getsize(partial) >= size // 2):
+                self.assertIsNone(client.poll(), "the client ended early")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.02)
+        finally:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        kept = os.path.getsize(partial)
+        self.assertLess(kept, size)
+        self.annex("get", "--quiet", "--from", self.target, "resume.bin")
+        with open(os.path.join(self.cluster.client.path, "resume.bin"),
+                  "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(),
+                             hashlib.sha256(data).digest())
+        gets = [e for e in self.server.log()
+                if e["method"] == "GET" and key in e["uri"] and e["done"]]
+        self.assertEqual(len(gets), 2, gets)
+        resumed = gets[-1]
+        self.assertIsNotNone(resumed["range"])
+        start = int(resumed["range"].split("=")[1].split("-")[0])
+        self.assertGreaterEqual(start, size // 2)
+        self.assertEqual(resumed["sent"], size - start)
