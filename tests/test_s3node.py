@@ -24,8 +24,7 @@ from annexd.interfaces import (
     IDownload, IRepository, IUpload, Outcome, ProtocolNotSupported,
     RepositoryUnavailable)
 from annexd.nodes.s3 import (
-    ChunkLog, S3Node, S3Settings, S3Unavailable, chunkLogPath,
-    findCredentials, parseChunkLog)
+    ChunkLog, S3Node, S3Settings, S3Unavailable, findCredentials)
 from annexd.protocol.keys import Key
 
 from tests.support.annex import AnnexCommandError, cluster_for
@@ -335,26 +334,6 @@ class SettingsTests(unittest.SynchronousTestCase):
         empty = Key.parse(b"SHA256E-s0--e3b0.txt")
         self.assertEqual(node._plan(empty, 0),
                          ([(b"SHA256E-s0-S1048576-C1--e3b0.txt", 0)], MiB))
-
-    def test_chunkLog(self):
-        """
-        The chunk log's path and lines, as git-annex writes them; the
-        newest line of a field wins; counts of 0 and other uuids are left
-        out.
-        """
-        key = Key.parse(b"SHA256E-s3145733--b4a7fc918fe23e30fd8a8885b5331f3"
-                        b"01564af1900c349e365422822f233c38f.txt")
-        self.assertEqual(
-            chunkLogPath(key),
-            "92e/ecc/SHA256E-s3145733--b4a7fc918fe23e30fd8a8885b5331f30156"
-            "4af1900c349e365422822f233c38f.txt.log.cnk")
-        log = (b"1795726632s u1:1048576 4\n"
-               b"1795726640s u1:524288 7\n"
-               b"1795726650s u1:1048576 0\n"
-               b"1795726600s u2:1048576 4\n"
-               b"1795726660s u1:65536 48\n")
-        self.assertEqual(parseChunkLog(log, b"u1"), [(65536, 48),
-                                                     (524288, 7)])
 
     def test_credentialSearch(self):
         """

@@ -43,8 +43,8 @@ from annexd.annex.logs import (
 
 __all__ = [
     "locationLogPath", "journalFileName", "branchFileName", "keyFileName",
-    "hashDirLower", "LocationLog", "commitJournal", "CommitError",
-    "BranchReader",
+    "hashDirLower", "JournalLog", "LocationLog", "commitJournal",
+    "CommitError", "BranchReader",
 ]
 
 _ESCAPED = (b"&", b"%", b":", b"/")
@@ -167,29 +167,36 @@ def _processLock(gitDir):
         return lock
 
 
-class LocationLog:
+class JournalLog:
     """
-    The location logs of one repository: reading which repositories have a
-    key, and recording changes in its journal.
+    Logs of one kind in one repository's git-annex branch: read through a
+    L{BranchReader}, changed in its journal under git-annex's journal lock
+    (L{change}).  L{LocationLog} and L{annexd.annex.chunks.ChunkLog} are
+    its kinds.
 
     @ivar gitDir: the repository's git directory.
     @ivar reader: the L{BranchReader} used.
     """
 
-    def __init__(self, gitDir, reader=None, clock=time.time, env=None):
+    def __init__(self, gitDir, reader=None, clock=time.time, env=None,
+                 reactor=None):
         """
         @param gitDir: the git directory (see
             L{annexd.annex.branch.findGitDir}).
         @type gitDir: L{str}
         @param reader: a L{BranchReader} of the same repository; by default
-            one of its own (environment C{env}), which L{close} closes.
+            one of its own (environment C{env}, reactor C{reactor}), which
+            L{close} closes.
         @param clock: returns the current POSIX time (for timestamps).
         @param env: the environment of its own reader's git children.
+        @param reactor: the reactor of its own reader (default: the global
+            one).
         """
         self.gitDir = os.path.abspath(gitDir)
         self._ownReader = reader is None
         if reader is None:
-            reader = BranchReader(self.gitDir, env=env)
+            kw = {} if reactor is None else {"reactor": reactor}
+            reader = BranchReader(self.gitDir, env=env, **kw)
         self.reader = reader
         self._clock = clock
         self._annexDir = os.path.join(self.gitDir, "annex")
@@ -207,6 +214,85 @@ class LocationLog:
         if self._ownReader:
             return self.reader.close()
         return defer.succeed(None)
+
+    def change(self, path, modify):
+        """
+        Change the log at C{path} in the git-annex branch by rewriting its
+        journal file under git-annex's journal lock
+        (C{gitDir/annex/journal.lck}).
+
+        The current content is the journal file if there is one, else the
+        branch blob; C{modify} gets it and returns the new content, or
+        L{None} to leave it as it is.  The new content is written to a
+        temporary file in C{gitDir/annex/othertmp/} (under a shared lock
+        on C{othertmp.lck}, which keeps git-annex from cleaning that
+        directory meanwhile) that is renamed into the journal.
+
+        This blocks while another process holds the journal lock (git-annex
+        holds it while it commits the journal); run it in a thread
+        (C{deferToThread}) to keep the reactor free.
+
+        @param path: the log's path in the branch.
+        @type path: L{str}
+        @param modify: called with the current content (L{bytes}), under
+            the lock.
+        @return: whether anything was written.
+        @rtype: L{bool}
+        """
+        with self._lock:
+            os.makedirs(self._annexDir, exist_ok=True)
+            fd = os.open(os.path.join(self._annexDir, "journal.lck"),
+                         os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                current = self.reader.readJournalFile(path)
+                if current is None:
+                    current = self.reader.readBranchSync(path)
+                data = modify(current)
+                if data is None:
+                    return False
+                self._writeJournal(path, data)
+                return True
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _writeJournal(self, path, data):
+        fd = os.open(os.path.join(self._annexDir, "othertmp.lck"),
+                     os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH)
+            os.makedirs(self._tmpDir, exist_ok=True)
+            tmp = os.path.join(self._tmpDir, "annexd-%d-%s" % (
+                os.getpid(), secrets.token_hex(8)))
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out, view):]
+                finally:
+                    os.close(out)
+                os.makedirs(self._journalDir, exist_ok=True)
+                os.replace(tmp, os.path.join(self._journalDir,
+                                             journalFileName(path)))
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+
+
+class LocationLog(JournalLog):
+    """
+    The location logs of one repository: reading which repositories have a
+    key, and recording changes in its journal.
+
+    @ivar gitDir: the repository's git directory.
+    @ivar reader: the L{BranchReader} used.
+    """
 
     def present(self, key):
         """
@@ -247,18 +333,13 @@ class LocationLog:
         """
         Record that each repository of C{uuids} has (C{present} true) or no
         longer has the content of C{key}, by rewriting the key's journal
-        file once under git-annex's journal lock
-        (C{gitDir/annex/journal.lck}): a cluster upload that reached three
-        nodes is one read and one write, not three.
+        file once (L{change}): a cluster upload that reached three nodes is
+        one read and one write, not three.
 
-        The current content is the journal file if there is one, else the
-        branch blob; it is compacted to one line per uuid, each new line
-        gets the current time in whole seconds (or the uuid's previous
+        The current content is compacted to one line per uuid, each new
+        line gets the current time in whole seconds (or the uuid's previous
         timestamp + 1 if that is not older), and the lines are written
-        sorted by uuid to a temporary file in C{gitDir/annex/othertmp/}
-        (under a shared lock on C{othertmp.lck}, which keeps git-annex from
-        cleaning that directory meanwhile) that is renamed into the
-        journal.
+        sorted by uuid.
 
         This blocks while another process holds the journal lock (git-annex
         holds it while it commits the journal); run it in a thread
@@ -280,62 +361,25 @@ class LocationLog:
                   and not any(c in u for c in b" \r\n")]
         if not wanted:
             return []
-        path = locationLogPath(key)
         status = PRESENT if present else MISSING
-        with self._lock:
-            os.makedirs(self._annexDir, exist_ok=True)
-            fd = os.open(os.path.join(self._annexDir, "journal.lck"),
-                         os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                current = self.reader.readJournalFile(path)
-                if current is None:
-                    current = self.reader.readBranchSync(path)
-                entries = parsePresenceLog(current)
-                now = Fraction(int(self._clock()))
-                changed = []
-                for uuid in wanted:
-                    old = entries.get(uuid)
-                    if old is not None and old[1] == status:
-                        continue
-                    clock = now
-                    if old is not None and old[0] >= clock:
-                        clock = old[0] + 1
-                    entries[uuid] = (clock, status)
-                    changed.append(uuid)
-                if changed:
-                    self._writeJournal(path, buildPresenceLog(entries))
-                return changed
-            finally:
-                os.close(fd)  # releases the lock
+        changed = []
 
-    def _writeJournal(self, path, data):
-        fd = os.open(os.path.join(self._annexDir, "othertmp.lck"),
-                     os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH)
-            os.makedirs(self._tmpDir, exist_ok=True)
-            tmp = os.path.join(self._tmpDir, "annexd-%d-%s" % (
-                os.getpid(), secrets.token_hex(8)))
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(out, view):]
-                finally:
-                    os.close(out)
-                os.makedirs(self._journalDir, exist_ok=True)
-                os.replace(tmp, os.path.join(self._journalDir,
-                                             journalFileName(path)))
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-        finally:
-            os.close(fd)
+        def modify(current):
+            entries = parsePresenceLog(current)
+            now = Fraction(int(self._clock()))
+            for uuid in wanted:
+                old = entries.get(uuid)
+                if old is not None and old[1] == status:
+                    continue
+                clock = now
+                if old is not None and old[0] >= clock:
+                    clock = old[0] + 1
+                entries[uuid] = (clock, status)
+                changed.append(uuid)
+            return buildPresenceLog(entries) if changed else None
+
+        self.change(locationLogPath(key), modify)
+        return changed
 
 
 class JournalCommitter:

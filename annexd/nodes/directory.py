@@ -80,7 +80,6 @@ annexd never creates the directory itself, only things under it.
 """
 
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -93,9 +92,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from annexd.annex.branch import BranchReader, findGitDir
-from annexd.annex.location import LocationLog, keyFileName
-from annexd.annex.logs import formatTimestamp, parseMapLogEntries
-from annexd.annex.state import parseSize
+from annexd.annex.chunks import (
+    ChunkLog, chunkLogPath, isStableKey, lookupOrder, parseChunkLog,
+    parseChunkSize, serializeKey)
+from annexd.annex.location import keyFileName
 from annexd.annex.verify import Verifier
 from annexd.interfaces import (
     IDownload, IRepository, IStoresFiles, IUpload, Outcome,
@@ -109,60 +109,11 @@ TURN_BYTES = 4 * CHUNK_SIZE
 #: next to the object (suffix of the key's file name).
 ANNEXOBJECT_TMP_SUFFIX = ".annexd-tmp"
 
-# Backends whose keys git-annex stores chunked (Backend.isStableKey): the
-# hashes, WORM and git-remote-annex's; URL, VURL, external (X...) and
-# unknown ones are stored whole.
-_STABLE_FIXED = frozenset([b"WORM", b"GITBUNDLE", b"GITMANIFEST"])
-_HASH_SIZES = {
-    b"SHA": (b"256", b"512", b"224", b"384"),
-    b"SHA3_": (b"512", b"384", b"256", b"224"),
-    b"SKEIN": (b"512", b"256"),
-    b"BLAKE2B": (b"160", b"224", b"256", b"384", b"512"),
-    b"BLAKE2BP": (b"512",),
-    b"BLAKE2S": (b"160", b"224", b"256"),
-    b"BLAKE2SP": (b"224", b"256"),
-}
-_STABLE_HASHES = frozenset(
-    [prefix + size for prefix, sizes in _HASH_SIZES.items() for size in sizes]
-    + [b"SHA1", b"MD5"])
-
 # The alphabet of git-annex's hashdirmixed (Utility/MD5.hs).
 _MIXED_CHARS = "0123456789zqjxkmvwgpfZQJXKMVWGPF"
 
 #: How the remote chunks content.
 NO_CHUNKS, CHUNKS, LEGACY_CHUNKS = "none", "chunks", "legacy"
-
-
-def isStableKey(key):
-    """
-    Whether git-annex stores content of C{key} chunked on a chunked remote
-    (its backend always makes the same key for the same content).
-    """
-    variety = key.variety
-    if variety in _STABLE_FIXED:
-        return True
-    if variety.endswith(b"E") and variety[:-1] in _STABLE_HASHES:
-        return True
-    return variety in _STABLE_HASHES
-
-
-def serializeKey(key, chunkSize=None, chunkNumber=None):
-    """
-    The canonical serialisation of C{key} without its chunk fields, or with
-    the given ones (a chunk key).
-
-    @type key: L{annexd.protocol.keys.Key}
-    @rtype: L{bytes}
-    """
-    out = [key.variety]
-    if key.size is not None:
-        out.append(b"-s%d" % key.size)
-    if key.mtime is not None:
-        out.append(b"-m%d" % key.mtime)
-    if chunkSize is not None:
-        out.append(b"-S%d-C%d" % (chunkSize, chunkNumber))
-    out.append(b"--" + key.name)
-    return b"".join(out)
 
 
 def hashDirLower(nonChunkKey):
@@ -197,17 +148,6 @@ def keyFile(serialized):
     git-annex's C{keyFile}: the key as one file-name component (str).
     """
     return os.fsdecode(keyFileName(serialized))
-
-
-def chunkLogPath(key):
-    """
-    The path of C{key}'s chunk log in the git-annex branch.
-
-    @rtype: L{str}
-    """
-    base = serializeKey(key)
-    a, b = hashDirLower(base)
-    return "%s/%s/%s.log.cnk" % (a, b, keyFile(base))
 
 
 def _yesNo(value):
@@ -331,78 +271,6 @@ def _fsync(path):
         os.close(fd)
 
 
-class _ChunkLog(LocationLog):
-    """
-    The chunk logs of the gateway repository: read through its
-    L{BranchReader}, written to its journal under git-annex's journal lock,
-    the way L{LocationLog} writes location logs.
-    """
-
-    def recordChunks(self, key, uuid, chunkSize, count):
-        """
-        Record that repository C{uuid} holds C{count} chunks of
-        C{chunkSize} of C{key} (0: none any more).  Blocking: run it in a
-        thread.
-
-        @return: whether anything was written.
-        """
-        path = chunkLogPath(key)
-        field = uuid + b":%d" % chunkSize
-        value = b"%d" % count
-        with self._lock:
-            os.makedirs(self._annexDir, exist_ok=True)
-            fd = os.open(os.path.join(self._annexDir, "journal.lck"),
-                         os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                current = self.reader.readJournalFile(path)
-                if current is None:
-                    current = self.reader.readBranchSync(path)
-                entries = parseMapLogEntries(current)
-                old = entries.get(field)
-                if old is not None and old[1] == value:
-                    return False
-                if old is None and count == 0:
-                    return False
-                now = int(self._clock())
-                clock = now if old is None or old[0] < now else old[0] + 1
-                entries[field] = (clock, value)
-                self._writeJournal(path, _buildChunkLog(entries))
-                return True
-            finally:
-                os.close(fd)
-
-
-def _buildChunkLog(entries):
-    def order(item):
-        field = item[0]
-        uuid, _, method = field.rpartition(b":")
-        return (uuid, int(method) if method.isdigit() else -1, method)
-    return b"".join(
-        b"%s %s %s\n" % (formatTimestamp(clock), field, value)
-        for field, (clock, value) in sorted(entries.items(), key=order))
-
-
-def parseChunkLog(data, uuid):
-    """
-    The chunkings of C{uuid} that a chunk log records as present.
-
-    @return: C{[(chunkSize, count)]}, count > 0, in log order of sizes.
-    """
-    found = []
-    prefix = uuid + b":"
-    for field, (clock, value) in parseMapLogEntries(data).items():
-        if not field.startswith(prefix):
-            continue
-        method = field[len(prefix):]
-        if not method.isdigit() or not value.strip().isdigit():
-            continue
-        size, count = int(method), int(value.strip())
-        if size > 0 and count > 0:
-            found.append((size, count))
-    return sorted(found)
-
-
 @implementer(IRepository, IStoresFiles)
 class DirectoryNode:
     """
@@ -498,8 +366,8 @@ class DirectoryNode:
             value = config.get(field)
             if value is None:
                 continue
-            size = parseSize(value)
-            if size is None or size < 0:
+            size = parseChunkSize(value)
+            if size is None:
                 raise _ConfigError("%s: bad configuration %s=%s" % (
                     name, field, value))
             if size > 0:
@@ -584,19 +452,13 @@ class DirectoryNode:
     def _chunkLists(self, key, recorded):
         """
         The chunk-key lists to try, in git-annex's order (see
-        C{Remote.Helper.Chunked.chunkKeys}), as C{(chunkSize, count)};
+        L{annexd.annex.chunks.lookupOrder}), as C{(chunkSize, count)};
         C{None} stands for the unchunked object.
         """
-        lists = list(recorded)
-        if self.chunking == NO_CHUNKS:
-            return [None] + lists
-        lists.append(None)
-        if self.chunking == CHUNKS and key.size is not None:
-            size = self.chunkSize
-            count = max(1, -(-key.size // size))
-            if (size, count) not in recorded:
-                lists.append((size, count))
-        return lists
+        return lookupOrder(
+            key, recorded,
+            self.chunkSize if self.chunking == CHUNKS else None,
+            chunked=self.chunking != NO_CHUNKS)
 
     def _chunkFiles(self, key, chunkSize, count):
         """
@@ -714,7 +576,7 @@ class DirectoryNode:
         if self._chunkLog is None:
             reader = self._branchReader()
             if reader is not None:
-                self._chunkLog = _ChunkLog(self._gitDir, reader=reader)
+                self._chunkLog = ChunkLog(self._gitDir, reader=reader)
         return self._chunkLog
 
     def _recordChunks(self, writer, key, chunkSize, count):
@@ -727,7 +589,7 @@ class DirectoryNode:
         if writer is None:
             return "no gateway repository to record it in"
         try:
-            writer.recordChunks(key, self.uuid, chunkSize, count)
+            writer.recordSync(key, self.uuid, chunkSize, count)
         except Exception as e:
             return str(e) or e.__class__.__name__
         return None

@@ -97,15 +97,11 @@ git-annex's proxy does) and timestamps.
 import base64
 import dataclasses
 import errno
-import fcntl
 import hashlib
-import math
 import os
-import re
 import shutil
 import tempfile
 from collections import deque
-from fractions import Fraction
 
 from twisted.internet import defer, error as ierror, threads
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -117,8 +113,10 @@ from zope.interface import implementer
 
 from annexd.annex import logs
 from annexd.annex.branch import BranchReader
-from annexd.annex.location import LocationLog, hashDirLower, keyFileName
-from annexd.annex.state import parseSize
+from annexd.annex.chunks import (
+    ChunkLog, chunkCount, chunkKey, chunkLogPath, isStableKey, lookupOrder,
+    parseChunkLog, parseChunkSize)
+from annexd.annex.location import hashDirLower, keyFileName
 from annexd.annex.verify import Verifier
 from annexd.interfaces import (
     IDownload, IRepository, IStoresFiles, IUpload, Outcome,
@@ -196,12 +194,6 @@ _REPLIES = frozenset([
     b"RENAMEEXPORT-SUCCESS", b"RENAMEEXPORT-FAILURE", b"DELEGATE",
     b"UNSUPPORTED-REQUEST"])
 
-#: Backends whose keys git-annex calls stable (Backend/*.hs isStableKey):
-#: only their content is stored in chunks.
-_STABLE = re.compile(
-    rb"^(?:(?:SHA1|SHA224|SHA256|SHA384|SHA512|SHA3_\d+|SKEIN\d+"
-    rb"|BLAKE2[A-Z]*\d+|BLAKE3|XXH3|MD5)E?|WORM|GITBUNDLE|GITMANIFEST)$")
-
 #: The characters of git-annex's mixed-case directory hash.
 _MIXED = b"0123456789zqjxkmvwgpfZQJXKMVWGPF"
 
@@ -251,12 +243,6 @@ def hashDirMixed(key):
     return "%s/%s/" % (text[:2], text[2:4])
 
 
-def _chunkKey(key, chunkSize, number):
-    made = dataclasses.replace(key, raw=b"", chunkSize=chunkSize,
-                               chunkNumber=number)
-    return dataclasses.replace(made, raw=made.serialize())
-
-
 def _logPath(key, extension):
     """
     The branch file of a key's log (C{.log.cnk}, C{.log.rmt}, C{.log.web}).
@@ -289,69 +275,8 @@ def _pieces(key, chunkSize, count):
         size = chunkSize
         if number == count:
             size = None if key.size is None else max(0, key.size - start)
-        pieces.append(_Piece(_chunkKey(key, chunkSize, number), start, size))
+        pieces.append(_Piece(chunkKey(key, chunkSize, number), start, size))
     return pieces
-
-
-# -- the chunk log --------------------------------------------------------------------
-
-
-class _ChunkLog(LocationLog):
-    """
-    Writes the chunk log of the gateway's git-annex branch
-    (C{<hash>/<key>.log.cnk}, lines C{T UUID:CHUNKSIZE CHUNKCOUNT}), in the
-    journal, under git-annex's journal lock, as L{LocationLog} writes
-    location logs.
-    """
-
-    def recordChunks(self, key, uuid, chunkSize, count):
-        """
-        Record that C{uuid} holds the content of C{key} as C{count} chunks
-        of C{chunkSize} bytes (0: no longer).  Blocks (run it in a thread).
-        """
-        path = _logPath(key, b".log.cnk")
-        field = b"%s:%d" % (uuid, chunkSize)
-        value = b"%d" % (count,)
-        with self._lock:
-            os.makedirs(self._annexDir, exist_ok=True)
-            fd = os.open(os.path.join(self._annexDir, "journal.lck"),
-                         os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                current = self.reader.readJournalFile(path)
-                if current is None:
-                    current = self.reader.readBranchSync(path)
-                entries = logs.parseMapLogEntries(current)
-                old = entries.get(field)
-                if old is not None and old[1] == value:
-                    return False
-                clock = Fraction(int(self._clock()))
-                if old is not None and old[0] >= clock:
-                    clock = old[0] + 1
-                entries[field] = (clock, value)
-                self._writeJournal(path, b"".join(
-                    b"%s %s %s\n" % (logs.formatTimestamp(c), f, v)
-                    for f, (c, v) in sorted(entries.items())))
-                return True
-            finally:
-                os.close(fd)
-
-
-def _recordedChunks(data, uuid):
-    """
-    The chunk lists a chunk log records for C{uuid}: C{(size, count)}
-    pairs with a non-zero count, largest count first.
-    """
-    found = []
-    prefix = uuid + b":"
-    for field, (clock, value) in logs.parseMapLogEntries(data).items():
-        if not field.startswith(prefix):
-            continue
-        size, count = field[len(prefix):], value.strip()
-        if size.isdigit() and count.isdigit() and int(count) > 0 \
-                and int(size) > 0:
-            found.append((int(size), int(count)))
-    return sorted(found)
 
 
 # -- the program ----------------------------------------------------------------------
@@ -761,8 +686,8 @@ class ExternalNode:
             # Old-style chunks: external remotes store unchunked.
             self.chunkMode = "legacy"
         elif config.get("chunk"):
-            size = parseSize(config["chunk"])
-            if size is None or size < 0:
+            size = parseChunkSize(config["chunk"])
+            if size is None:
                 self.unusable = "%s: bad configuration chunk=%s" % (
                     self.name, config["chunk"])
                 return
@@ -1145,17 +1070,13 @@ class ExternalNode:
         whole = [_Piece(key, 0, key.size)]
         if key.chunkNumber is not None or key.chunkSize is not None:
             return [whole]
-        data = await self._readBranch(_logPath(key, b".log.cnk"))
-        recorded = _recordedChunks(data, self.uuid)
-        lists = [_pieces(key, size, count) for size, count in recorded]
-        if self.chunkMode is None:
-            return [whole] + lists
-        lists.append(whole)
-        if self.chunkMode == "chunks" and key.size is not None:
-            count = max(1, math.ceil(key.size / self.chunkSize))
-            if (self.chunkSize, count) not in recorded:
-                lists.append(_pieces(key, self.chunkSize, count))
-        return lists
+        data = await self._readBranch(chunkLogPath(key))
+        order = lookupOrder(
+            key, parseChunkLog(data, self.uuid),
+            self.chunkSize if self.chunkMode == "chunks" else None,
+            chunked=self.chunkMode is not None)
+        return [whole if chunking is None else _pieces(key, *chunking)
+                for chunking in order]
 
     def _chunked(self, key):
         """
@@ -1163,25 +1084,21 @@ class ExternalNode:
         """
         if (self.chunkMode != "chunks" or key.chunkNumber is not None
                 or key.chunkSize is not None
-                or not _STABLE.match(key.variety)):
+                or not isStableKey(key)):
             return None
         return self.chunkSize
 
     def _recordChunks(self, key, chunkSize, count):
         if self._chunkLog is None:
-            self._chunkLog = _ChunkLog(self.gitDir, reader=self._branch(),
-                                       env=self._env)
-        chunkLog = self._chunkLog
-
-        def record():
-            return chunkLog.recordChunks(_nonChunk(key), self.uuid,
-                                         chunkSize, count)
+            self._chunkLog = ChunkLog(self.gitDir, reader=self._branch(),
+                                      env=self._env)
 
         def failed(reason):
             self._log.warn("{name}: cannot record the chunks of {key} in the"
                            " chunk log: {why}", name=self.name, key=str(key),
                            why=reason.getErrorMessage())
-        return threads.deferToThread(record).addErrback(failed)
+        return self._chunkLog.record(key, self.uuid, chunkSize,
+                                     count).addErrback(failed)
 
     # -- IRepository ----------------------------------------------------------------------
 
@@ -1243,8 +1160,8 @@ class ExternalNode:
         lists = await self._candidates(key)
         await self._withProgram(lambda program: self._removeAll(program,
                                                                 lists))
-        data = await self._readBranch(_logPath(key, b".log.cnk"))
-        for size, count in _recordedChunks(data, self.uuid):
+        data = await self._readBranch(chunkLogPath(key))
+        for size, count in parseChunkLog(data, self.uuid):
             await self._recordChunks(key, size, 0)
         return Outcome(True)
 
@@ -1367,7 +1284,7 @@ class ExternalNode:
                 lambda program: program.transfer(b"STORE", key.raw,
                                                  self._wireName(path)))
             return self._stored(key, ok, why)
-        count = max(1, math.ceil(size / chunkSize))
+        count = chunkCount(size, chunkSize)
         pieces = _pieces(key, chunkSize, count)
 
         async def storeChunks(program):

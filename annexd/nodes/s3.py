@@ -19,8 +19,8 @@ against git-annex 10.2026 and an S3 server, see C{tests/test_s3node.py}):
     <hash>.txt}), nothing escaped; C{annex-uuid} (+ the prefix) holds the
     remote's uuid, written by C{initremote}, which also creates the bucket
     (C{PUT /bucket}).
-  - chunks (C{chunk=1MiB}): only keys of stable backends (not C{URL},
-    C{VURL} or external ones) are chunked; chunk I{n} (from 1) of key
+  - chunks (C{chunk=1MiB}): only keys of stable backends (hashes and
+    WORM, not C{URL}, C{VURL}, external or unknown ones) are chunked; chunk I{n} (from 1) of key
     C{K} with chunk size I{S} is stored as the key C{K} with the fields
     C{-S<S>-C<n>} (C{SHA256E-s3145733-S1048576-C1--<hash>.txt}); an empty
     content is one empty chunk.  After the last chunk, git-annex records
@@ -29,8 +29,9 @@ against git-annex 10.2026 and an S3 server, see C{tests/test_s3node.py}):
     it tries the logged chunk lists, then the unchunked key, then
     (I{speculatively}) the chunks the current C{chunk=} setting would make
     (the unchunked key first when the remote is not chunked).  This node
-    writes that log in the gateway's journal, as L{annexd.annex.location}
-    writes location logs, and reads it through a L{BranchReader}.
+    reads and writes that log in the gateway's repository with
+    L{annexd.annex.chunks.ChunkLog} (its journal, as
+    L{annexd.annex.location} writes location logs).
   - C{partsize}: files larger than it are sent as a multipart upload, in
     parts of C{partsize} rounded down to a multiple of 32752 bytes (the
     chunk size of Haskell's lazy bytestrings).  This node uses multipart
@@ -115,20 +116,17 @@ clock (C{GETTIMESTAMP} is L{ProtocolNotSupported}).
 import base64
 import binascii
 import dataclasses
-import fcntl
 import hashlib
 import os
-import time
 import xml.etree.ElementTree as ElementTree
 from collections import deque
-from fractions import Fraction
 from urllib.parse import quote
 
 from botocore.auth import EMPTY_SHA256_HASH, UNSIGNED_PAYLOAD, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -139,9 +137,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from annexd.annex.branch import BranchReader
-from annexd.annex.location import LocationLog, hashDirLower, keyFileName
-from annexd.annex.logs import formatTimestamp, parseMapLogEntries
+from annexd.annex.chunks import (
+    ChunkLog, chunkCount, isStableKey, lookupOrder, parseChunkSize,
+    serializeKey)
 from annexd.annex.state import parseSize
 from annexd.annex.verify import Verifier
 from annexd.interfaces import (
@@ -170,9 +168,6 @@ MAX_ERROR_BODY = 65536
 
 #: The most of a small XML answer that is read.
 MAX_XML_BODY = 1024 * 1024
-
-#: Varieties whose keys git-annex never chunks (unstable keys).
-UNSTABLE_VARIETIES = frozenset([b"URL", b"VURL"])
 
 #: S3 error codes that make the node unusable rather than fail a request.
 UNAVAILABLE_CODES = frozenset([
@@ -350,8 +345,8 @@ class S3Settings:
             problems.append("old-style chunks (chunksize=) are not supported")
         chunk = config.get("chunk")
         if chunk:
-            size = parseSize(chunk)
-            if size is None or size < 0:
+            size = parseChunkSize(chunk)
+            if size is None:
                 problems.append("bad chunk value %r" % (chunk,))
             elif size > 0:
                 self.chunkSize = size
@@ -437,29 +432,6 @@ def _asKey(key):
     return key if isinstance(key, Key) else Key.parse(key)
 
 
-def _isStable(key):
-    """
-    Whether git-annex would chunk C{key}: the keys of its hash backends
-    and WORM; not URL and VURL keys, nor external backends' (C{X...}, but
-    C{XXH...} is built in).
-    """
-    variety = key.variety
-    if variety in UNSTABLE_VARIETIES:
-        return False
-    if variety.startswith(b"X") and not variety.startswith(b"XXH"):
-        return False
-    return True
-
-
-def _chunkKey(key, chunkSize, number):
-    return dataclasses.replace(key, raw=b"", chunkSize=chunkSize,
-                               chunkNumber=number).serialize()
-
-
-def _chunkCount(size, chunkSize):
-    return max(1, -(-size // chunkSize))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Layout:
     """
@@ -494,103 +466,7 @@ def _unchunked(key):
 
 def _chunked(key, chunkSize, count, logged=False):
     return _Layout(chunkSize, count, tuple(
-        _chunkKey(key, chunkSize, n) for n in range(1, count + 1)), logged)
-
-
-# -- the chunk log -------------------------------------------------------------------
-
-
-def chunkLogPath(key):
-    """
-    The path of a key's chunk log in the git-annex branch:
-    C{<hashdir>/<keyfile>.log.cnk}.
-    """
-    return hashDirLower(key) + os.fsdecode(keyFileName(key) + b".log.cnk")
-
-
-def parseChunkLog(data, uuid):
-    """
-    The chunked layouts a chunk log records for repository C{uuid}: a list
-    of C{(chunkSize, count)} with a count above 0, newest first.
-    """
-    found = []
-    for field, (clock, value) in parseMapLogEntries(data).items():
-        u, sep, method = field.rpartition(b":")
-        if not sep or u != uuid or not method.isdigit():
-            continue
-        try:
-            count = int(value.strip())
-        except ValueError:
-            continue
-        if count > 0 and int(method) > 0:
-            found.append((clock, int(method), count))
-    found.sort(key=lambda entry: entry[0], reverse=True)
-    return [(size, count) for _, size, count in found]
-
-
-def _buildChunkLog(entries):
-    return b"".join(
-        b"%s %s %s\n" % (formatTimestamp(clock), field, value)
-        for field, (clock, value) in sorted(entries.items()))
-
-
-class ChunkLog(LocationLog):
-    """
-    The chunk logs of one repository: read through a L{BranchReader},
-    written into git-annex's journal under its journal lock, exactly as
-    L{LocationLog} writes location logs (whose locking and journal writing
-    this shares).
-    """
-
-    def __init__(self, gitDir, reactor, env=None, clock=time.time):
-        LocationLog.__init__(
-            self, gitDir, reader=BranchReader(gitDir, reactor=reactor, env=env),
-            clock=clock)
-        self._ownReader = True
-
-    def read(self, key, uuid):
-        """
-        @return: a Deferred firing with the logged C{(chunkSize, count)}s
-            of C{uuid}, newest first.
-        """
-        return self.reader.read(chunkLogPath(key)).addCallback(
-            parseChunkLog, uuid)
-
-    def record(self, key, uuid, chunkSize, count):
-        """
-        Record (in a thread: it waits for git-annex's journal lock) that
-        C{uuid} has C{count} chunks of C{chunkSize} of C{key} (0: none).
-
-        @return: a Deferred firing when written.
-        """
-        return threads.deferToThread(self.recordSync, key, uuid, chunkSize,
-                                     count)
-
-    def recordSync(self, key, uuid, chunkSize, count):
-        path = chunkLogPath(key)
-        field = b"%s:%d" % (uuid, chunkSize)
-        value = b"%d" % (count,)
-        with self._lock:
-            os.makedirs(self._annexDir, exist_ok=True)
-            fd = os.open(os.path.join(self._annexDir, "journal.lck"),
-                         os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                current = self.reader.readJournalFile(path)
-                if current is None:
-                    current = self.reader.readBranchSync(path)
-                entries = parseMapLogEntries(current)
-                old = entries.get(field)
-                if old is not None and old[1] == value:
-                    return False
-                clock = Fraction(int(self._clock()))
-                if old is not None and old[0] >= clock:
-                    clock = old[0] + 1
-                entries[field] = (clock, value)
-                self._writeJournal(path, _buildChunkLog(entries))
-                return True
-            finally:
-                os.close(fd)
+        serializeKey(key, chunkSize, n) for n in range(1, count + 1)), logged)
 
 
 def _gitDir(repoPath):
@@ -1073,17 +949,11 @@ class S3Node:
         The ways C{key} may be stored, most likely first (git-annex's
         C{chunkKeys}).
         """
-        logged = [_chunked(key, size, count, logged=True)
-                  for size, count in await self._logged(key)]
-        chunk = self.settings.chunkSize
-        if chunk is None:
-            return [_unchunked(key)] + logged
-        layouts = logged + [_unchunked(key)]
-        if key.size is not None:
-            speculative = (chunk, _chunkCount(key.size, chunk))
-            if speculative not in [(l.chunkSize, l.count) for l in logged]:
-                layouts.append(_chunked(key, *speculative))
-        return layouts
+        logged = await self._logged(key)
+        return [_unchunked(key) if chunking is None
+                else _chunked(key, *chunking, logged=chunking in logged)
+                for chunking in lookupOrder(key, logged,
+                                            self.settings.chunkSize)]
 
     async def _present(self, layout):
         for name in layout.names:
@@ -1342,8 +1212,8 @@ class S3Node:
         of C{(name, size)}, and the chunk size (or L{None}).
         """
         chunk = self.settings.chunkSize
-        if chunk is not None and _isStable(key):
-            layout = _chunked(key, chunk, _chunkCount(length, chunk))
+        if chunk is not None and isStableKey(key):
+            layout = _chunked(key, chunk, chunkCount(length, chunk))
             return list(zip(layout.names, layout.sizes(length))), chunk
         return [(key.serialize(), length)], None
 
