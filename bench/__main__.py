@@ -4,20 +4,35 @@ against direct access to a node, on the same fixture and data, in one run.
 
     python -m bench [--size-mib 1024] [--files 1000] [--repeat 3] [--smoke]
                     [--only WORKLOAD,...] [--transports path,ssh,http]
-                    [--configs NAME,...] [--concurrency 1,8,32]
+                    [--configs NAME,...] [--node-configs NAME,...]
+                    [--concurrency 1,8,32] [--interleave]
                     [--out bench/RESULTS.md] [--keep DIR]
 
 Builds one fixture with the real git-annex (L{bench.fixture}: a 3-node
-cluster behind a bare gateway, a client with one remote per configuration),
-starts the servers (one annexd daemon with --http and --control, git-annex
-p2phttp -J4 and -J16 in the gateway, p2phttp -J16 in node1), then for each
+cluster behind a bare gateway that also proxies node4 over ssh and node5
+over annex+http, a client with one remote per configuration), starts the
+servers (one annexd daemon with --http, --control and --admin, git-annex
+p2phttp -J4 and -J16 in the gateway, p2phttp -J16 in node1 and in node5),
+then for each
 repeat runs every workload (L{bench.workloads}) for every configuration,
-the order of the configurations alternating between repeats, and writes
+the order of the configurations alternating between repeats (with
+C{--interleave}: for each workload every configuration in turn), and writes
 the markdown report (L{bench.report}) — after every repeat, so that an
 interrupted run leaves its partial figures.
 
+The nodes on other hosts (workloads C{put-big-ssh-node},
+C{get-big-ssh-node}, C{put-big-http-node}, C{get-big-http-node}) are
+measured for the configurations of C{--node-configs} (default: all that can
+reach them); their report, bench/RESULTS-nodes.md, comes from:
+
+    python -m bench --only put-big-ssh-node,get-big-ssh-node,\
+        put-big-http-node,get-big-http-node \
+        --configs gw,ref16,ax,axd,axh,n4ssh,n5http --repeat 3 --interleave \
+        --out bench/RESULTS-nodes.md
+
 C{--smoke} (for CI): 64 MiB, 100 files, 1 repeat, concurrency 1 and 8,
-short checkpresent windows; the report goes to a temporary file (never to
+short checkpresent windows, the node workloads for C{gw}, C{axd}, C{axh},
+C{n4ssh} and C{n5http} only; the report goes to a temporary file (never to
 bench/RESULTS.md unless --out says so) and the exit status is 1 if any
 workload errored or any content mismatched — never because of timing.
 Without --smoke the exit status is 1 too when a workload failed, after the
@@ -45,8 +60,11 @@ import traceback
 from bench.fixture import BY_NAME, CONFIGS, Fixture, FixtureError
 from bench.common import MiB, _terminate
 from bench.report import Report
-from bench.workloads import WORKLOADS, Runner
+from bench.workloads import NODE_WORKLOADS, WORKLOADS, Runner, applicable
 from tests.support.annex import _rmtree
+
+#: The configurations of the node workloads in a smoke run.
+SMOKE_NODE_CONFIGS = ["gw", "axd", "axh", "n4ssh", "n5http"]
 
 
 def log(message):
@@ -97,6 +115,11 @@ def parse(argv):
     parser.add_argument("--configs", type=_list, default=None,
                         help="configurations (remote names) among: "
                              + ", ".join(c.name for c in CONFIGS))
+    parser.add_argument("--node-configs", type=_list, default=None,
+                        help="configurations of the node workloads (%s):"
+                             " all that can reach the node; smoke: %s" % (
+                                 ", ".join(NODE_WORKLOADS),
+                                 ",".join(SMOKE_NODE_CONFIGS)))
     parser.add_argument("--concurrency", type=lambda t: [int(n) for n in
                                                          _list(t)],
                         default=None,
@@ -106,6 +129,12 @@ def parse(argv):
                              " smoke: 1.5)")
     parser.add_argument("--cp-warmup", type=float, default=None,
                         help="warm-up seconds per level (1; smoke: 0.5)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="workload by workload, every configuration in"
+                             " turn (instead of configuration by"
+                             " configuration): measurements of two"
+                             " configurations are seconds apart, which"
+                             " evens out a changing background load")
     parser.add_argument("--out", default=None,
                         help="the report (bench/RESULTS.md; smoke: a"
                              " temporary file)")
@@ -137,6 +166,13 @@ def parse(argv):
         if unknown:
             parser.error("unknown configuration(s): %s"
                          % (", ".join(unknown),))
+    if args.node_configs is None and smoke:
+        args.node_configs = list(SMOKE_NODE_CONFIGS)
+    if args.node_configs is not None:
+        unknown = set(args.node_configs) - set(BY_NAME)
+        if unknown:
+            parser.error("unknown configuration(s): %s"
+                         % (", ".join(unknown),))
     if args.size_mib < 1 or args.files < 1 or args.repeat < 1:
         parser.error("--size-mib, --files and --repeat must be positive")
     args.commandLine = "python -m bench" + (
@@ -150,7 +186,9 @@ def main(argv=None):
     args = parse(argv)
     signal.signal(signal.SIGTERM, _terminate)
     configs = [c for c in CONFIGS if c.transport in args.transports
-               and (args.configs is None or c.name in args.configs)]
+               and (args.configs is None or c.name in args.configs)
+               and any(applicable(c, w, args.node_configs)
+                       for w in args.only)]
     if not configs:
         log("no configuration selected")
         return 2
@@ -183,18 +221,30 @@ def main(argv=None):
         return report
 
     try:
-        fixture = Fixture(workdir, args.size_mib * MiB, args.files, configs,
-                          log=log)
+        fixture = Fixture(
+            workdir, args.size_mib * MiB, args.files, configs, log=log,
+            node5=any(NODE_WORKLOADS.get(w) == "http-node"
+                      for w in args.only))
         fixture.start()
         runner = Runner(fixture, args.only, args.concurrency,
-                        args.cp_duration, args.cp_warmup, log)
+                        args.cp_duration, args.cp_warmup, log,
+                        nodeConfigs=args.node_configs)
         for repeat in range(args.repeat):
             order = configs if repeat % 2 == 0 else configs[::-1]
             log("repeat %d/%d: %s" % (repeat + 1, args.repeat,
                                       " ".join(c.name for c in order)))
-            for config in order:
-                runner.runConfig(config, repeat)
+            if args.interleave:
+                for workload in runner.workloads:
+                    for config in order:
+                        runner.runWorkload(config, workload, repeat)
+                for config in order:
+                    runner.ensureAbsent(config, "big")
+                    runner.ensureAbsent(config, "small")
+            else:
+                for config in order:
+                    runner.runConfig(config, repeat)
             done = repeat + 1
+            runner.evidence = fixture.evidence()
             write()
             log("repeat %d/%d done (%.0f min so far), report in %s" % (
                 done, args.repeat, (time.monotonic() - started) / 60,

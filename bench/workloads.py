@@ -19,14 +19,35 @@ for a direct configuration):
     present; every answer must be C{{"present": true}};
   - C{drop-small}: C{git annex drop --from TARGET small} (no C{--force}:
     git-annex checks the client's copy, as a user's drop does); no target
-    node may hold any of the keys afterwards.
+    node may hold any of the keys afterwards;
+  - C{put-big-ssh-node}, C{get-big-ssh-node}: C{put-big}/C{get-big} with
+    the node behind ssh, node4, as the target (C{NAME-node4} through every
+    gateway; C{n4ssh} directly); the node's copy after a PUT, the client's
+    after a GET checked by sha256;
+  - C{put-big-http-node}, C{get-big-http-node}: the same with the node
+    behind annex+http, node5 (C{NAME-node5} through annexd, which alone
+    can proxy it; C{n5http} directly).
 
-Before a PUT the nodes must not hold the content (checked on disk); before
-a GET, a checkpresent or a drop, the target nodes must hold it.  The state
-is brought there through the configuration's own remote, not timed
-(C{drop --force --from TARGET} / C{copy --to TARGET}); if that does not
-work, through git-annex's gateway over ssh (C{gw-mycluster}) and node1 by
-path.  Every configuration ends with no node holding anything.
+Configurations take part in the workloads of what they reach (see
+L{bench.fixture.Config.serves}): the node1 direct ones in the cluster
+workloads, C{n4ssh} and C{n5http} in their node's only.
+
+Before a PUT the nodes (all five) must not hold the content (checked on
+disk); before a GET, a checkpresent or a drop, the target nodes must hold
+it.  The state is brought there through the configuration's own remote,
+not timed (C{drop --force --from TARGET} / C{copy --to TARGET}); if that
+does not work, through the other configurations' remotes (git-annex's
+gateway over ssh first; C{gw-mycluster}, C{node1path} and C{gw-node4}
+always), and at last by C{git annex dropkey} in the node itself.  Every
+configuration ends with no node holding anything.
+
+A client command's process group may live on after the command (a
+session's server side committing its git-annex branch): the runner waits
+for it (at most L{LEFTOVER_GRACE} seconds, untimed) before the next
+command, instead of killing it midway and leaving git's lock files behind.
+
+Every timed command also gets the CPU seconds of each role (client, ssh
+wrappers, gateway, node; L{CPUWatch}).
 """
 
 import json
@@ -42,7 +63,36 @@ from bench.fixture import BIG, SMALLDIR, FixtureError
 from bench.common import ROOT, MiB, Sampler, _status, cpuSeconds, descendants
 
 WORKLOADS = ("put-big", "get-big", "put-big-node", "put-small", "get-small",
-             "checkpresent", "drop-small")
+             "checkpresent", "drop-small", "put-big-ssh-node",
+             "get-big-ssh-node", "put-big-http-node", "get-big-http-node")
+
+#: The workloads of the nodes on other hosts -> their target (a key of
+#: L{bench.fixture.WHERE}).
+NODE_WORKLOADS = {"put-big-ssh-node": "ssh-node",
+                  "get-big-ssh-node": "ssh-node",
+                  "put-big-http-node": "http-node",
+                  "get-big-http-node": "http-node"}
+
+#: Where each workload goes (a key of L{bench.fixture.WHERE}).
+TARGETS = dict({w: "cluster" for w in WORKLOADS}, **NODE_WORKLOADS)
+TARGETS["put-big-node"] = "node"
+
+
+def applicable(config, workload, nodeConfigs=None):
+    """
+    Whether C{workload} is run for C{config} (see L{Runner}).
+
+    @param nodeConfigs: the names of the configurations the node workloads
+        are limited to, or L{None}.
+    """
+    if nodeConfigs is not None and workload in NODE_WORKLOADS \
+            and config.name not in nodeConfigs:
+        return False
+    if workload == "put-big-node" and not config.gateway:
+        return False
+    if workload == "checkpresent" and config.transport != "http":
+        return False
+    return config.serves(TARGETS[workload])
 
 
 class WorkloadError(Exception):
@@ -175,6 +225,130 @@ class ShellWatch(threading.Thread):
         self.join()
 
 
+#: Seconds a client command's process group may live on after the command
+#: (see L{Runner._finish}).
+LEFTOVER_GRACE = 20.0
+
+
+def _groupMembers(pgid):
+    """
+    The pids of the live (not zombie) processes of process group C{pgid}.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % (name,)) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(name))
+    return found
+
+
+#: The roles of L{CPUWatch}, in report order.
+ROLES = ("client", "ssh", "gateway", "node")
+
+
+def _children(pid):
+    found = []
+    try:
+        tasks = os.listdir("/proc/%d/task" % (pid,))
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                found.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+class CPUWatch(threading.Thread):
+    """
+    The CPU seconds used during a timed command by each role: C{client}
+    (the client's git-annex and its helpers), C{ssh} (the ssh wrappers:
+    benchssh, the fake ssh, C{sh -c}), C{gateway} (the gateway's process:
+    git-annex-shell in the gateway, annexd-shell, the annexd daemon, the
+    gateway's p2phttp, and their helpers), C{node} (the node's server:
+    git-annex-shell in a node, node5's p2phttp, and their helpers).
+
+    Every C{interval} seconds it walks the process trees under the client
+    command and the long-running servers, reading each process's
+    utime+stime; a process counts with the most seen of it, minus what it
+    had used when first seen if it was already alive at the start (the
+    servers, pooled node sessions).  A process's last C{interval} of CPU
+    before it exits may be missed, and so may a process shorter than
+    C{interval}.
+
+    @ivar roots: C{[(pid, role)]}: trees to walk and the role of their
+        root; descendants inherit their parent's role unless their command
+        line names one (L{classify}).
+    """
+
+    def __init__(self, roots, gateway, nodes, interval=0.1):
+        super().__init__(daemon=True)
+        self.roots = list(roots)
+        self.gateway = gateway
+        self.nodes = list(nodes)
+        self.interval = interval
+        self.start_ = {}
+        self.latest = {}
+        self.roles = {}
+        self._halt = threading.Event()
+        self._sample(first=True)
+
+    def classify(self, pid, inherited):
+        line = _cmdline(pid)
+        if any(n in line for n in self.nodes) and (
+                "git-annex-shell" in line or "p2phttp" in line):
+            return "node"
+        if self.gateway in line and "git-annex-shell" in line:
+            return "gateway"
+        if "annexd.shell" in line or "annexd.cli" in line:
+            return "gateway"
+        if "benchssh" in line or "fakessh" in line or line.startswith(
+                "sh -c ") or line.startswith("/bin/sh -c "):
+            return "ssh"
+        return inherited
+
+    def _sample(self, first=False):
+        for root, role in self.roots:
+            todo = [(root, role)]
+            while todo:
+                pid, parentRole = todo.pop()
+                cpu = cpuSeconds(pid)
+                if cpu is None:
+                    continue
+                if pid not in self.roles:
+                    self.roles[pid] = (parentRole if pid == root
+                                       else self.classify(pid, parentRole))
+                    self.start_[pid] = cpu if first else 0.0
+                self.latest[pid] = max(self.latest.get(pid, 0.0), cpu)
+                todo.extend((c, self.roles[pid]) for c in _children(pid))
+
+    def run(self):
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def stop(self):
+        """
+        @return: C{{role: CPU seconds}}.
+        """
+        self._halt.set()
+        self.join()
+        self._sample()
+        used = dict.fromkeys(ROLES, 0.0)
+        for pid, role in self.roles.items():
+            used[role] = used.get(role, 0.0) + max(
+                0.0, self.latest[pid] - self.start_[pid])
+        return used
+
+
 class Runner:
     """
     Runs the workloads of the configurations of a L{Fixture}.
@@ -185,8 +359,17 @@ class Runner:
     """
 
     def __init__(self, fixture, workloads, concurrencies, cpDuration,
-                 cpWarmup, log):
+                 cpWarmup, log, nodeConfigs=None):
+        """
+        @param nodeConfigs: the configurations (names) that take part in
+            the node workloads (L{NODE_WORKLOADS}), or L{None} for every
+            one that can.
+        """
         self.fx = fixture
+        self.nodeConfigs = nodeConfigs
+        #: How the nodes on other hosts were reached (see
+        #: L{bench.fixture.Fixture.evidence}), set by the caller.
+        self.evidence = None
         self.workloads = [w for w in WORKLOADS if w in workloads]
         self.concurrencies = concurrencies
         self.cpDuration = cpDuration
@@ -226,10 +409,47 @@ class Runner:
             stderr=subprocess.STDOUT, start_new_session=True)
         return process, out
 
-    def _finish(self, process, out, args, timeout, started):
+    def _finish(self, process, out, args, timeout, started, cpuWatch=None):
+        """
+        Wait for the client's command, then for what it left running in its
+        process group (a session's server side finishing its work, e.g. a
+        gateway's git-annex-shell committing its git-annex branch) for up to
+        L{LEFTOVER_GRACE} seconds, and kill what remains.
+
+        @return: the time (C{time.monotonic}) the command was seen to exit.
+        """
+        ended = None
         try:
+            if cpuWatch is not None:
+                # Wait for the client's exit without reaping it, and look
+                # at its tree once more: a zombie's /proc stat still holds
+                # its final CPU times.
+                deadline = started + timeout
+                while time.monotonic() < deadline:
+                    try:
+                        if os.waitid(os.P_PID, process.pid, os.WEXITED
+                                     | os.WNOWAIT | os.WNOHANG) is not None:
+                            break
+                    except ChildProcessError:
+                        break
+                    time.sleep(0.01)
+                ended = time.monotonic()
+                cpuWatch._sample()
             process.wait(timeout=max(1, timeout - (time.monotonic()
                                                    - started)))
+            if ended is None:
+                ended = time.monotonic()
+            # Killing a server side that is still committing would leave
+            # git's lock files behind (refs/heads/git-annex.lock), and
+            # every later git-annex command in that repository would fail.
+            deadline = time.monotonic() + LEFTOVER_GRACE
+            while _groupMembers(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = _groupMembers(process.pid)
+            if left:
+                self.log("    killing what `git annex %s` left running after"
+                         " %.0f s: %s" % (args[0], LEFTOVER_GRACE, "; ".join(
+                             _name(pid)[:100] for pid in left)))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -246,6 +466,7 @@ class Runner:
             text = out.read().decode("utf-8", "replace")
             raise WorkloadError("git annex %s exited with %d:\n%s" % (
                 " ".join(args), process.returncode, text[-4000:]))
+        return ended
 
     def untimed(self, *args, timeout=3600):
         """
@@ -274,21 +495,38 @@ class Runner:
         if config.server:
             sampler = Sampler(self.fx.servers[config.server].process.pid)
             sampler.start()
+        # Roles for the CPU figures: the configuration's server is the
+        # gateway, unless it is a node's own (direct HTTP).
+        roots = []
+        for name, server in self.fx.servers.items():
+            if name == config.server or name == "p2phttp-node5":
+                roots.append((server.process.pid,
+                              "node" if name.endswith(("node1", "node5"))
+                              else "gateway"))
         started = time.monotonic()
         process, out = self._popen(args)
+        cpuWatch = CPUWatch([(process.pid, "client")] + roots,
+                            self.fx.gateway,
+                            [n.path for n in self.fx.allNodes])
+        cpuWatch.start()
         watch = None
         if config.shell:
-            repo = (self.fx.gateway if config.gateway
-                    else self.fx.nodes[0].path)
+            repo = (self.fx.gateway if config.gateway else
+                    {n.name: n for n in self.fx.allNodes}[config.node].path)
             watch = ShellWatch(process.pid, config.shell, repo)
             watch.start()
+        ended = None
         try:
             with out:
-                self._finish(process, out, args, timeout, started)
+                ended = self._finish(process, out, args, timeout, started,
+                                     cpuWatch)
         finally:
-            seconds = time.monotonic() - started
+            seconds = (time.monotonic() if ended is None else ended) - started
             figures = self._rss(sampler, watch)
+            cpu = cpuWatch.stop()
         figures["seconds"] = seconds
+        for role, used in cpu.items():
+            figures["cpu_" + role] = used
         return figures
 
     @staticmethod
@@ -305,6 +543,7 @@ class Runner:
             stats = sampler.stop()
             figures["server"] = stats["rss"] + sampler.rssBefore
             figures["servercpu"] = stats["cpu"]
+            figures["serverchildcpu"] = stats["childcpu"]
             total += figures["server"] + stats["children"]
         if sampler is not None or watch is not None:
             figures["total"] = total
@@ -318,23 +557,35 @@ class Runner:
         return [SMALLDIR], self.fx.small
 
     def _held(self, keys, nodes=None):
-        present = self.fx.present(list(keys))
-        if nodes is not None:
-            names = {n.name for n in nodes}
-            present = {n: c for n, c in present.items() if n in names}
-        return present
+        return self.fx.present(list(keys), nodes)
 
     def ensureAbsent(self, config, which):
         """
         Make sure no node holds the content of C{which} (C{big}/C{small}).
         """
         files, sums = self._files(which)
-        if not any(self._held(sums).values()):
+        held = self._held(sums)
+        if not any(held.values()):
             return
-        attempts = [config.target("cluster")]
-        if config.gateway:
-            attempts.append(config.target("node"))
-        attempts += ["gw-mycluster", "node1path"]
+        # Through the configuration's own remotes for the nodes that hold
+        # it, then through the other configurations' (git-annex's gateway
+        # first).
+        attempts = []
+        others = sorted(self.fx.configs, key=lambda c: c.name != "gw")
+        for candidate in [config] + others:
+            for where in ("cluster", "node", "ssh-node", "http-node"):
+                if not candidate.serves(where):
+                    continue
+                names = {n.name for n in self.fx.nodesFor(candidate, where)}
+                target = candidate.target(where)
+                if any(held[n] for n in names) and target not in attempts:
+                    attempts.append(target)
+        # The client's remotes that exist whatever the configurations.
+        for target, nodes in (("gw-mycluster", ("node1", "node2", "node3")),
+                              ("node1path", ("node1",)),
+                              ("gw-node4", ("node4",))):
+            if any(held[n] for n in nodes) and target not in attempts:
+                attempts.append(target)
         for target in attempts:
             try:
                 self.untimed("drop", "--quiet", "--force", "--from", target,
@@ -342,22 +593,33 @@ class Runner:
             except WorkloadError as e:
                 self.log("    reset: drop --from %s failed: %s"
                          % (target, str(e).splitlines()[0]))
-            if not any(self._held(sums).values()):
+            held = self._held(sums)
+            if not any(held.values()):
                 return
-        raise FixtureError("cannot empty the nodes of the %s files: %s"
-                           % (which, self._held(sums)))
+        # At last in the nodes themselves (the client's location log may
+        # then be wrong about them: a later copy checks the node anyway).
+        for node in self.fx.allNodes:
+            for key in sums:
+                if self.fx.cluster.node_has(node, key):
+                    self.log("    reset: dropkey %s in %s" % (key,
+                                                               node.name))
+                    self.fx.env.annex(node.path, "dropkey", "--quiet",
+                                      "--force", key, check=False)
+        if any(self._held(sums).values()):
+            raise FixtureError("cannot empty the nodes of the %s files: %s"
+                               % (which, self._held(sums)))
 
-    def ensurePresent(self, config, which):
+    def ensurePresent(self, config, which, where="cluster"):
         """
-        Make sure the target nodes of C{config} hold the content of
-        C{which} (and the client too).
+        Make sure the target nodes of C{config} for C{where} hold the
+        content of C{which} (and the client too).
         """
         files, sums = self._files(which)
         self.ensureClient(which)
-        nodes = self.fx.nodesFor(config, "cluster")
+        nodes = self.fx.nodesFor(config, where)
         if all(c == len(sums) for c in self._held(sums, nodes).values()):
             return
-        self.untimed("copy", "--quiet", "--to", config.target("cluster"),
+        self.untimed("copy", "--quiet", "--to", config.target(where),
                      *files)
         if not all(c == len(sums)
                    for c in self._held(sums, nodes).values()):
@@ -403,17 +665,17 @@ class Runner:
         self._checkNodes(self.fx.nodesFor(config, where), sums)
         return figures
 
-    def _get(self, config, which):
+    def _get(self, config, which, where="cluster"):
         files, sums = self._files(which)
         names = self.fx.bigFile if which == "big" else self.fx.smallFiles
-        self.ensurePresent(config, which)
+        self.ensurePresent(config, which, where)
         self.untimed("drop", "--quiet", "--force", *files)
         if len(self.fx.clientMismatches(names)) != len(names):
             raise WorkloadError("the client still has content after"
                                 " dropping it")
         timeout = self.bigTimeout if which == "big" else self.smallTimeout
         figures = self.measure(config, ["get", "--quiet", "--from",
-                                        config.target("cluster")] + files,
+                                        config.target(where)] + files,
                                timeout)
         problems = self.fx.clientMismatches(names)
         if problems:
@@ -429,6 +691,18 @@ class Runner:
 
     def getBig(self, config):
         return self._get(config, "big")
+
+    def putBigSshNode(self, config):
+        return self._put(config, "big", "ssh-node")
+
+    def getBigSshNode(self, config):
+        return self._get(config, "big", "ssh-node")
+
+    def putBigHttpNode(self, config):
+        return self._put(config, "big", "http-node")
+
+    def getBigHttpNode(self, config):
+        return self._get(config, "big", "http-node")
 
     def putSmall(self, config):
         return self._put(config, "small", "cluster")
@@ -495,11 +769,7 @@ class Runner:
     # -------------------------------------------------------------- runs
 
     def applicable(self, config, workload):
-        if workload == "put-big-node":
-            return config.gateway
-        if workload == "checkpresent":
-            return config.transport == "http"
-        return True
+        return applicable(config, workload, self.nodeConfigs)
 
     def _record(self, repeat, config, measurement, call, describe):
         try:
@@ -523,6 +793,18 @@ class Runner:
         Run every selected workload for C{config} (in a fixed order: each
         leaves the state the next one wants), then empty the nodes.
         """
+        for workload in self.workloads:
+            self.runWorkload(config, workload, repeat)
+        self.ensureAbsent(config, "big")
+        self.ensureAbsent(config, "small")
+
+    def runWorkload(self, config, workload, repeat):
+        """
+        Run C{workload} for C{config}, if it applies (every workload brings
+        the state it needs about itself).
+        """
+        if not self.applicable(config, workload):
+            return
         mib = self.fx.size / MiB
         files = self.fx.files
 
@@ -532,6 +814,10 @@ class Runner:
                           ", server peak %.0f MiB" % (f["server"] / MiB,))
                 if f.get("servercpu") is not None:
                     server += ", server CPU %.2f s" % (f["servercpu"],)
+                if f.get("cpu_client") is not None:
+                    server += ", CPU s %s" % (" ".join(
+                        "%s %.2f" % (role, f["cpu_" + role])
+                        for role in ROLES),)
                 return "%.2f s, %.1f %s%s" % (
                     f["seconds"], amount / f["seconds"], unit, server)
             return describe
@@ -543,23 +829,22 @@ class Runner:
             "put-small": (self.putSmall, rate("files/s", files)),
             "get-small": (self.getSmall, rate("files/s", files)),
             "drop-small": (self.dropSmall, rate("files/s", files)),
+            "put-big-ssh-node": (self.putBigSshNode, rate("MiB/s", mib)),
+            "get-big-ssh-node": (self.getBigSshNode, rate("MiB/s", mib)),
+            "put-big-http-node": (self.putBigHttpNode, rate("MiB/s", mib)),
+            "get-big-http-node": (self.getBigHttpNode, rate("MiB/s", mib)),
         }
-        for workload in self.workloads:
-            if not self.applicable(config, workload):
-                continue
-            if workload == "checkpresent":
-                for n in self.concurrencies:
-                    self._record(
-                        repeat, config, "checkpresent-c%d" % (n,),
-                        lambda n=n: self.checkpresent(config, n),
-                        lambda f: "%.0f req/s, p50 %.2f ms, p99 %.2f ms,"
-                                  " server peak %.0f MiB (load client cpu"
-                                  " %.1f s)" % (
-                                      f["rps"], f["p50_ms"], f["p99_ms"],
-                                      f["server"] / MiB, f["cpu"]))
-                continue
-            call, describe = calls[workload]
-            self._record(repeat, config, workload,
-                         lambda: call(config), describe)
-        self.ensureAbsent(config, "big")
-        self.ensureAbsent(config, "small")
+        if workload == "checkpresent":
+            for n in self.concurrencies:
+                self._record(
+                    repeat, config, "checkpresent-c%d" % (n,),
+                    lambda n=n: self.checkpresent(config, n),
+                    lambda f: "%.0f req/s, p50 %.2f ms, p99 %.2f ms,"
+                              " server peak %.0f MiB (load client cpu"
+                              " %.1f s)" % (
+                                  f["rps"], f["p50_ms"], f["p99_ms"],
+                                  f["server"] / MiB, f["cpu"]))
+            return
+        call, describe = calls[workload]
+        self._record(repeat, config, workload,
+                     lambda: call(config), describe)

@@ -5,6 +5,7 @@ asserted.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,9 @@ class SmokeTests(unittest.TestCase):
         """
         A smoke run (8 MiB, 20 files) of every configuration and workload
         exits 0 (no workload errored, every checksum matched) and writes a
-        report whose tables name every configuration and every workload.
+        report whose tables name every configuration and every workload
+        (the nodes on other hosts' too), and which shows that annexd
+        reached node4 over ssh and node5 over HTTP.
         """
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
@@ -55,6 +58,25 @@ class SmokeTests(unittest.TestCase):
             self.assertIn("### " + title % {"big": "8 MiB", "files": 20},
                           report, workload)
         self.assertIn("### checkpresent over HTTP", report)
+        # The nodes on other hosts: annexd reached node4 over ssh (its
+        # daemon opened sessions to node4's host) and node5 over HTTP (the
+        # daemon's node5 connections), as git-annex's gateway reached
+        # node4.
+        sessions = re.search(r"ssh sessions opened to `node4host`.*", report)
+        self.assertIsNotNone(sessions, "no node4host sessions in the report")
+        for opener in ("annexd daemon", "git-annex-shell (git-annex"
+                                        " gateway)"):
+            found = re.search(re.escape(opener) + r": (\d+)",
+                              sessions.group(0))
+            self.assertTrue(found and int(found.group(1)) >= 1,
+                            "%s opened no ssh session to node4host: %s"
+                            % (opener, sessions.group(0)))
+        for node in ("node4", "node5"):
+            started = re.search(
+                r"node %s over .* (\d+) sessions \(connections\) started"
+                % (node,), report)
+            self.assertTrue(started and int(started.group(1)) >= 1,
+                            "annexd started no session with %s" % (node,))
         self.assertIn("None: every workload ran and every checksum matched.",
                       report)
         self.assertIn("## Targets", report)
