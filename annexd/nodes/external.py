@@ -121,7 +121,7 @@ from annexd.annex.verify import Verifier
 from annexd.interfaces import (
     IDownload, IRepository, IStoresFiles, IUpload, Outcome,
     ProtocolNotSupported, RepositoryError, RepositoryUnavailable)
-from annexd.nodes.pool import IDLE_TIMEOUT, SessionPool, _Health
+from annexd.nodes.pool import IDLE_TIMEOUT, NodeHealth
 from annexd.nodes.process import childEnvironment
 from annexd.protocol.keys import InvalidKey, Key
 from annexd.router.spool import Spool, SpoolRefused, checkRoom
@@ -602,12 +602,6 @@ class ExternalNode:
     #: such nodes and calls L{storeFile} (L{put} spools for itself).
     needsFile = True
 
-    # The down-marking of SessionPool (they use _health, _clock, name,
-    # _log, _connect and _started).
-    _downError = SessionPool._downError
-    _connectFailed = SessionPool._connectFailed
-    _newSession = SessionPool._newSession
-
     def __init__(self, reactor, uuid, name, config, gitConfig, repoPath,
                  environment=None, maxProcesses=1, spoolDirectory=None,
                  diskReserve=100000000):
@@ -646,7 +640,7 @@ class ExternalNode:
         self.chunkMode = None
         self.chunkSize = None
         self._configure()
-        self._health = _Health()
+        self._health = NodeHealth(reactor)
         self._started = 0
         self._slots = defer.DeferredSemaphore(self.maxProcesses)
         self._idle = []
@@ -858,6 +852,17 @@ class ExternalNode:
             b"PREPARE-SUCCESS": lambda rest: True,
             b"PREPARE-FAILURE": failed})
 
+    async def _newSession(self):
+        """
+        Start a program, unless the node is down and not due for a retry;
+        keep the node's up/down state.
+        """
+        program = await self._health.connect(self._connect, self.name,
+                                             self._log)
+        self._started += 1
+        self._health.connected(self.name, self._log)
+        return program
+
     def _takeIdle(self):
         while self._idle:
             program = self._idle.pop()
@@ -872,9 +877,7 @@ class ExternalNode:
     async def _checkout(self):
         self._check()
         if not self._idle:
-            refused = self._downError()
-            if refused is not None:
-                raise refused
+            self._health.check(self.name)
         await self._slots.acquire()
         try:
             self._check()
@@ -1223,9 +1226,7 @@ class ExternalNode:
         self._safe(key)
         if not self._idle:
             # Refused now rather than after the whole content was sent.
-            refused = self._downError()
-            if refused is not None:
-                raise refused
+            self._health.check(self.name)
         if key.size is not None:
             try:
                 checkRoom(self.spoolDirectory, key.size, self.diskReserve)
@@ -1321,25 +1322,9 @@ class ExternalNode:
         and C{busy} count program processes, C{started} the processes
         started, C{maxSessions} is C{maxProcesses}.
         """
-        health = self._health
-        retryIn = None
-        if health.error is not None:
-            retryIn = 0.0 if health.probing else max(
-                0.0, health.retryAt - self._clock.seconds())
-        error = health.error
-        if error is None and self.unusable is not None:
-            error = self.unusable
-        return {
-            "name": self.name,
-            "uuid": self.uuid.decode("utf-8", "replace"),
-            "up": health.error is None and self.unusable is None,
-            "idle": len(self._idle),
-            "busy": len(self._busy),
-            "started": self._started,
-            "error": error,
-            "retryIn": retryIn,
-            "maxSessions": self.maxProcesses,
-        }
+        return self._health.status(self.name, self.uuid, len(self._idle),
+                                   len(self._busy), self._started,
+                                   self.maxProcesses, self.unusable)
 
     @property
     def started(self):

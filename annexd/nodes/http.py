@@ -62,8 +62,8 @@ for as long as it is held, at most L{HttpNode.maxLockSessions} at once.
 Errors: a request that cannot connect (refused, unreachable, connect
 timeout) or whose TLS handshake or certificate check fails is
 L{RepositoryUnavailable} and marks the node down with the same back-off as
-L{SessionPool} (its down-marking methods are shared; L{HttpNode.status}
-has the shape of L{SessionPool.status}).  A request without a body that
+L{SessionPool} (both keep a L{annexd.nodes.pool.NodeHealth};
+L{HttpNode.status} has the shape of L{SessionPool.status}).  A request without a body that
 gets no answer at all (a kept connection the server had closed) is sent
 once more on a new connection, except lockcontent; if that fails too, the
 node is down.  A transfer that breaks off, or a request cancelled by
@@ -106,7 +106,7 @@ from annexd.http.values import BadValue, decodeValue, encodeValue
 from annexd.interfaces import (
     IContentLock, IDownload, IRepository, IUpload, Outcome,
     ProtocolNotSupported, RepositoryError, RepositoryUnavailable)
-from annexd.nodes.pool import IDLE_TIMEOUT, SessionPool, _Health
+from annexd.nodes.pool import IDLE_TIMEOUT, NodeHealth
 from annexd.protocol.keys import Key
 
 #: git-annex's default port for annex+http(s) (git's is 9418).
@@ -518,11 +518,6 @@ class HttpNode:
     #: Content locks held at once (each holds a connection).
     maxLockSessions = 100
 
-    # The down-marking of SessionPool, shared (they use _health, _clock,
-    # name and _log).
-    _downError = SessionPool._downError
-    _connectFailed = SessionPool._connectFailed
-
     def __init__(self, reactor, url, uuid, clientUUID, name=None,
                  maxConnections=1, bypass=(), credentials=None,
                  repoPath=None, environment=None, trustRoot=None,
@@ -548,7 +543,7 @@ class HttpNode:
         #: the credential git credential fill gave (fields), once it worked
         self._helperCredential = None
         self._fillWaiters = None
-        self._health = _Health()
+        self._health = NodeHealth(reactor)
         self._closed = False
         self._busy = 0
         self._slots = defer.DeferredSemaphore(maxConnections)
@@ -595,15 +590,6 @@ class HttpNode:
         if connection in self._connections:
             self._connections.remove(connection)
 
-    def _nodeAnswered(self):
-        health = self._health
-        if health.error is not None:
-            self._log.info(
-                "{name} is up again (down {duration:.1f} s: {error})",
-                name=self.name, error=health.error,
-                duration=self._clock.seconds() - health.since)
-            health.reset()
-
     def _unavailable(self, text):
         return RepositoryUnavailable("%s: %s" % (self.name, text))
 
@@ -614,9 +600,7 @@ class HttpNode:
         """
         if self._closed:
             raise self._unavailable("closed")
-        refused = self._downError()
-        if refused is not None:
-            raise refused
+        self._health.check(self.name)
         await slots.acquire()
         if self._closed:
             slots.release()
@@ -701,14 +685,8 @@ class HttpNode:
         while True:
             if self._closed:
                 raise self._unavailable("closed")
-            refused = self._downError()
-            if refused is not None:
-                raise refused
-            health = self._health
-            probe = health.error is not None
-            if probe:
-                health.probing = True
-            try:
+            self._health.check(self.name)
+            with self._health.attempt() as probe:
                 authorization, sentWith = self._authorization(pending)
                 allHeaders = Headers({b"User-Agent": [USER_AGENT]})
                 if accept:
@@ -730,15 +708,13 @@ class HttpNode:
                         retried = True
                         continue
                     if kind in ("connect", "tls", "stale"):
-                        self._connectFailed(
-                            RepositoryUnavailable(_describe(e)), probe)
+                        self._health.failed(
+                            RepositoryUnavailable(_describe(e)), probe,
+                            self.name, self._log)
                     raise self._unavailable("%s %s: %s" % (
                         method.decode("ascii"), self._shown(url),
                         _describe(e)))
-            finally:
-                if probe:
-                    health.probing = False
-            self._nodeAnswered()
+            self._health.connected(self.name, self._log)
             if response.code != 401:
                 if pending is not None:
                     # Not refused: kept for the node; approved (git may
@@ -1156,22 +1132,9 @@ class HttpNode:
         the exchanges and locks in progress, C{started} the connections
         opened, C{maxSessions} is C{maxConnections}.
         """
-        health = self._health
-        retryIn = None
-        if health.error is not None:
-            retryIn = 0.0 if health.probing else max(
-                0.0, health.retryAt - self._clock.seconds())
-        return {
-            "name": self.name,
-            "uuid": self.uuid.decode("utf-8", "replace"),
-            "up": health.error is None,
-            "idle": self._pool.idleCount(),
-            "busy": self._busy,
-            "started": self.started,
-            "error": health.error,
-            "retryIn": retryIn,
-            "maxSessions": self.maxConnections,
-        }
+        return self._health.status(self.name, self.uuid,
+                                   self._pool.idleCount(), self._busy,
+                                   self.started, self.maxConnections)
 
     def close(self):
         """

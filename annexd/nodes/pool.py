@@ -23,12 +23,14 @@ L{BACKOFF_INITIAL} seconds and doubles with every failed retry, up to
 L{BACKOFF_MAX}; any successful connect marks the node up again and resets
 it.  A session that breaks during an exchange does not mark the node down
 (a client going away breaks sessions too).  Content-lock sessions come from
-a sub-pool that shares the node's down state.
+a sub-pool that shares the node's down state.  L{NodeHealth} keeps that
+state; the HTTP, S3 and external special remote nodes use it too.
 
 L{SessionPool.status} reports the pool's state for monitoring.
 """
 
 import math
+from contextlib import contextmanager
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -48,9 +50,15 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 
 
-class _Health:
+class NodeHealth:
     """
-    Whether a node is up: shared by a pool and its lock sub-pool.
+    Whether a node is up, and when a node that is down may be tried again:
+    the down-marking of the module docstring, for L{SessionPool} (shared by
+    a pool and its lock sub-pool) and for the other connectors (HTTP, S3,
+    external special remotes).
+
+    The owner passes its name (for errors and log lines) and its L{Logger}
+    when they are used, so that they are read at that time.
 
     @ivar error: L{None} while up; else the text of the last connect error.
     @ivar since: when the node went down (reactor time).
@@ -59,7 +67,11 @@ class _Health:
     @ivar probing: a retry is under way.
     """
 
-    def __init__(self):
+    def __init__(self, clock):
+        """
+        @param clock: the reactor (L{IReactorTime}) for the back-off.
+        """
+        self._clock = clock
         self.probing = False
         self.reset()
 
@@ -71,6 +83,132 @@ class _Health:
         self.since = None
         self.retryAt = None
         self.delay = None
+
+    def downError(self, name):
+        """
+        @return: the L{RepositoryUnavailable} for a request that needs a
+            new connection now, or L{None} if it may try to connect.
+        """
+        if self.error is None:
+            return None
+        if self.probing:
+            when = "trying again now"
+        else:
+            wait = self.retryAt - self._clock.seconds()
+            if wait <= 0:
+                return None
+            when = "next try in %d s" % (math.ceil(wait),)
+        return RepositoryUnavailable(
+            "%s is down: %s (%s)" % (name, self.error, when))
+
+    def check(self, name):
+        """
+        Raise L{downError} if there is one.
+        """
+        refused = self.downError(name)
+        if refused is not None:
+            raise refused
+
+    @contextmanager
+    def attempt(self):
+        """
+        A connect attempt, in a C{with} block: while the node is down, it
+        is the probe (requests that would connect meanwhile are refused
+        with "trying again now").
+
+        @return: a context manager giving whether the attempt is a probe
+            (for L{failed}).
+        """
+        probe = self.error is not None
+        if probe:
+            self.probing = True
+        try:
+            yield probe
+        finally:
+            if probe:
+                self.probing = False
+
+    async def connect(self, connect, name, log):
+        """
+        Call C{connect} unless the node is down and not due for a retry
+        (then raise L{downError}); a failure marks the node down (see
+        L{failed}).  The caller calls L{connected} on success.
+
+        @return: what C{connect}'s Deferred fired with.
+        """
+        self.check(name)
+        with self.attempt() as probe:
+            try:
+                return await connect()
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                self.failed(e, probe, name, log)
+                raise
+
+    def connected(self, name, log):
+        """
+        A connect worked (or the node answered): the node is up.
+        """
+        if self.error is not None:
+            log.info(
+                "{name} is up again (down {duration:.1f} s: {error})",
+                name=name, error=self.error,
+                duration=self._clock.seconds() - self.since)
+            self.reset()
+
+    def failed(self, error, probe, name, log):
+        """
+        A connect failed: the node is down, with a retry scheduled by the
+        back-off.
+
+        @param error: the exception.
+        @param probe: what L{attempt} gave for this connect.
+        """
+        text = str(error) or error.__class__.__name__
+        now = self._clock.seconds()
+        if self.error is None:
+            self.since = now
+            self.delay = BACKOFF_INITIAL
+            log.warn("{name} is down: {error} (next try in {delay} s)",
+                     name=name, error=text, delay=self.delay)
+        elif probe:
+            self.delay = min(self.delay * 2, BACKOFF_MAX)
+        else:
+            # A connect begun before the node went down: no new schedule.
+            self.error = text
+            return
+        self.error = text
+        self.retryAt = now + self.delay
+
+    def status(self, name, uuid, idle, busy, started, maxSessions,
+               unusable=None):
+        """
+        A node's state, for monitoring (see L{SessionPool.status}).
+
+        @param uuid: the node's uuid (L{bytes}).
+        @param unusable: while up, why the node cannot be used anyway
+            (then it is reported down, with that as its error), or
+            L{None}.
+        """
+        retryIn = None
+        error = self.error
+        if error is not None:
+            retryIn = 0.0 if self.probing else max(
+                0.0, self.retryAt - self._clock.seconds())
+        elif unusable is not None:
+            error = unusable
+        return {
+            "name": name,
+            "uuid": uuid.decode("utf-8", "replace"),
+            "up": error is None,
+            "idle": idle,
+            "busy": busy,
+            "started": started,
+            "error": error,
+            "retryIn": retryIn,
+            "maxSessions": maxSessions,
+        }
 
 
 def _passing(f, *args):
@@ -139,7 +277,7 @@ class SessionPool:
         self._timers = {}
         self._closed = False
         self._lockPool = None
-        self._health = _Health()
+        self._health = NodeHealth(self._clock)
         self._started = 0
         #: key -> Deferred firing when the process of a broken transfer
         #: session for that key has exited
@@ -176,74 +314,16 @@ class SessionPool:
         client.process = bridge
         return client.handshake(version, bypass)
 
-    # -- down marking -------------------------------------------------------
-
-    def _downError(self):
-        """
-        @return: the L{RepositoryUnavailable} for a request that needs a
-            new session now, or L{None} if it may try to connect.
-        """
-        health = self._health
-        if health.error is None:
-            return None
-        if health.probing:
-            when = "trying again now"
-        else:
-            wait = health.retryAt - self._clock.seconds()
-            if wait <= 0:
-                return None
-            when = "next try in %d s" % (math.ceil(wait),)
-        return RepositoryUnavailable(
-            "%s is down: %s (%s)" % (self.name, health.error, when))
-
     async def _newSession(self):
         """
         Open a session, unless the node is down and not due for a retry;
         keep the node's up/down state.
         """
-        refused = self._downError()
-        if refused is not None:
-            raise refused
-        health = self._health
-        probe = health.error is not None
-        if probe:
-            health.probing = True
-        try:
-            session = await self._connect()
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            self._connectFailed(e, probe)
-            raise
-        finally:
-            if probe:
-                health.probing = False
+        session = await self._health.connect(self._connect, self.name,
+                                             self._log)
         self._started += 1
-        if health.error is not None:
-            self._log.info(
-                "{name} is up again (down {duration:.1f} s: {error})",
-                name=self.name, error=health.error,
-                duration=self._clock.seconds() - health.since)
-            health.reset()
+        self._health.connected(self.name, self._log)
         return session
-
-    def _connectFailed(self, error, probe):
-        health = self._health
-        text = str(error) or error.__class__.__name__
-        now = self._clock.seconds()
-        if health.error is None:
-            health.since = now
-            health.delay = BACKOFF_INITIAL
-            self._log.warn("{name} is down: {error} (next try in {delay} s)",
-                           name=self.name, error=text, delay=health.delay)
-        elif probe:
-            health.delay = min(health.delay * 2, BACKOFF_MAX)
-        else:
-            # A connect begun before the node went down: no new schedule.
-            health.error = text
-            return
-        health.error = text
-        health.retryAt = now + health.delay
 
     # -- sessions -----------------------------------------------------------
 
@@ -279,9 +359,7 @@ class SessionPool:
         if not self._idle:
             # Fail fast, without waiting for a slot, if a new session would
             # be refused anyway.
-            refused = self._downError()
-            if refused is not None:
-                raise refused
+            self._health.check(self.name)
         await self._slots.acquire()
         try:
             session = self._takeIdle()
@@ -441,22 +519,8 @@ class SessionPool:
             until a new connect may be tried while down (0 while one is
             under way), else L{None}; C{maxSessions}.
         """
-        health = self._health
         pools = [self] if self._lockPool is None else [self, self._lockPool]
         idle = sum(len(pool._idle) for pool in pools)
         busy = sum(len(pool._open.difference(pool._idle)) for pool in pools)
-        retryIn = None
-        if health.error is not None:
-            retryIn = 0.0 if health.probing else max(
-                0.0, health.retryAt - self._clock.seconds())
-        return {
-            "name": self.name,
-            "uuid": self.uuid.decode("utf-8", "replace"),
-            "up": health.error is None,
-            "idle": idle,
-            "busy": busy,
-            "started": self.started,
-            "error": health.error,
-            "retryIn": retryIn,
-            "maxSessions": self.maxSessions,
-        }
+        return self._health.status(self.name, self.uuid, idle, busy,
+                                   self.started, self.maxSessions)

@@ -148,7 +148,7 @@ from annexd.interfaces import (
 from annexd.nodes.http import (
     CONNECT_TIMEOUT, MAX_ERROR_TEXT, NO_IDLE_TIMEOUT, _classify, _collect,
     _describe, _discard, _Drop, _Exchange, _Pool)
-from annexd.nodes.pool import IDLE_TIMEOUT, SessionPool, _Health
+from annexd.nodes.pool import IDLE_TIMEOUT, NodeHealth
 from annexd.protocol.keys import Key
 
 #: Amazon's host, git-annex's default C{host}.
@@ -605,11 +605,6 @@ class S3Node:
 
     _log = Logger()
 
-    # The down-marking of SessionPool, shared (they use _health, _clock,
-    # name and _log).
-    _downError = SessionPool._downError
-    _connectFailed = SessionPool._connectFailed
-
     def __init__(self, reactor, uuid, name, config, gitConfig, repoPath,
                  environment=None, credentials=None, maxConnections=4):
         self.reactor = reactor
@@ -644,7 +639,7 @@ class S3Node:
         self._chunkLog = None
         if self._gitDir is not None and os.path.isdir(self._gitDir):
             self._chunkLog = ChunkLog(self._gitDir, reactor, env=environment)
-        self._health = _Health()
+        self._health = NodeHealth(reactor)
         self._closed = False
         self._busy = 0
         self._slots = defer.DeferredSemaphore(maxConnections)
@@ -689,15 +684,6 @@ class S3Node:
         if connection in self._connections:
             self._connections.remove(connection)
 
-    def _nodeAnswered(self):
-        health = self._health
-        if health.error is not None:
-            self._log.info(
-                "{name} is up again (down {duration:.1f} s: {error})",
-                name=self.name, error=health.error,
-                duration=self._clock.seconds() - health.since)
-            health.reset()
-
     def _unavailable(self, text):
         return RepositoryUnavailable("%s: %s" % (self.name, text))
 
@@ -726,9 +712,7 @@ class S3Node:
         @return: the function that gives it back.
         """
         self._usable()
-        refused = self._downError()
-        if refused is not None:
-            raise refused
+        self._health.check(self.name)
         await self._slots.acquire()
         if self._closed:
             self._slots.release()
@@ -789,14 +773,8 @@ class S3Node:
         retried = False
         while True:
             self._usable()
-            refused = self._downError()
-            if refused is not None:
-                raise refused
-            health = self._health
-            probe = health.error is not None
-            if probe:
-                health.probing = True
-            try:
+            self._health.check(self.name)
+            with self._health.attempt() as probe:
                 signed = self._signed(method, url, headers, payload)
                 allHeaders = Headers()
                 for name, value in signed:
@@ -818,13 +796,11 @@ class S3Node:
                         retried = True
                         continue
                     if kind in ("connect", "tls", "stale"):
-                        self._connectFailed(
-                            RepositoryUnavailable(_describe(e)), probe)
+                        self._health.failed(
+                            RepositoryUnavailable(_describe(e)), probe,
+                            self.name, self._log)
                     raise self._unavailable("%s: %s" % (what, _describe(e)))
-            finally:
-                if probe:
-                    health.probing = False
-            self._nodeAnswered()
+            self._health.connected(self.name, self._log)
             return response
 
     async def _failure(self, response, what):
@@ -1233,27 +1209,15 @@ class S3Node:
         C{maxConnections}.  A remote annexd cannot use is down, with the
         reason as its error.
         """
-        health = self._health
-        retryIn = None
-        error = health.error
-        if error is not None:
-            retryIn = 0.0 if health.probing else max(
-                0.0, health.retryAt - self._clock.seconds())
-        elif self.settings.unsupported is not None:
-            error = "unsupported: %s" % (self.settings.unsupported,)
+        unusable = None
+        if self.settings.unsupported is not None:
+            unusable = "unsupported: %s" % (self.settings.unsupported,)
         elif self._credentials is None and not self.settings.anonymous:
-            error = "no S3 credentials"
-        return {
-            "name": self.name,
-            "uuid": self.uuid.decode("utf-8", "replace"),
-            "up": error is None,
-            "idle": self._pool.idleCount(),
-            "busy": self._busy,
-            "started": self.started,
-            "error": error,
-            "retryIn": retryIn,
-            "maxSessions": self.maxConnections,
-        }
+            unusable = "no S3 credentials"
+        return self._health.status(self.name, self.uuid,
+                                   self._pool.idleCount(), self._busy,
+                                   self.started, self.maxConnections,
+                                   unusable)
 
     def close(self):
         """
