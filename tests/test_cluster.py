@@ -1140,7 +1140,7 @@ class GetTests(ClusterTestsMixin, unittest.SynchronousTestCase):
         """
         for repo in self.repos:
             repo.add(CONTENT, KEY)
-        self.repos[0].status = lambda: {"up": False}
+        self.repos[0].up = False
         download = self.successResultOf(self.cluster.get(KEY, None, 0))
         self.assertEqual(download.node.name, "node2")
         self.successResultOf(download.finish(True))

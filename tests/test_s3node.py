@@ -1246,3 +1246,25 @@ class GitAnnexTests(S3ServerMixin, unittest.TestCase):
         log = ChunkLog(self.gw, reactor)
         self.addCleanup(log.close)
         self.assertEqual(await log.read(key, uuid), [])
+
+
+class UpTests(unittest.TestCase):
+    """
+    L{S3Node.up} says what L{S3Node.status} says about being up, cheaply.
+    """
+
+    def test_upMatchesStatus(self):
+        ups = []
+        for config, credentials in (({}, ("a", "b")), ({}, None),
+                                    ({"encryption": "shared"}, ("a", "b"))):
+            settings = {
+                "bucket": "b", "datacenter": "US", "encryption": "none",
+                "host": "127.0.0.1", "port": "1", "protocol": "http",
+                "requeststyle": "path", "signature": "v4", "type": "S3"}
+            settings.update(config)
+            node = S3Node(reactor, b"u", "s3", settings, {}, None,
+                          environment={}, credentials=credentials)
+            self.addCleanup(node.close)
+            self.assertEqual(node.up, node.status()["up"], config)
+            ups.append(node.up)
+        self.assertEqual(ups, [True, False, False])

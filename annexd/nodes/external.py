@@ -1316,6 +1316,14 @@ class ExternalNode:
 
     # -- monitoring and closing ---------------------------------------------------
 
+    @property
+    def up(self):
+        """
+        Whether the node is up (usable, and not marked down after a failed
+        connect); cheap, for choosing among nodes on every request.
+        """
+        return self._health.error is None and self.unusable is None
+
     def status(self):
         """
         The node's state, in the shape of L{SessionPool.status}: C{idle}

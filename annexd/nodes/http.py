@@ -1125,6 +1125,14 @@ class HttpNode:
 
     # -- monitoring and closing -----------------------------------------------
 
+    @property
+    def up(self):
+        """
+        Whether the node is up (not marked down after a failed connect);
+        cheap, for choosing among nodes on every request.
+        """
+        return self._health.error is None
+
     def status(self):
         """
         The node's state, for monitoring, in the shape of

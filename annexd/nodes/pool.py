@@ -507,6 +507,14 @@ class SessionPool:
             s.close()
         return defer.DeferredList(waits + running)
 
+    @property
+    def up(self):
+        """
+        Whether the node is up (not marked down after a failed connect);
+        cheap, for choosing among nodes on every request.
+        """
+        return self._health.error is None
+
     def status(self):
         """
         The pool's state, for monitoring.

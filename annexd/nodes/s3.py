@@ -1201,6 +1201,16 @@ class S3Node:
 
     # -- monitoring and closing ---------------------------------------------------
 
+    @property
+    def up(self):
+        """
+        Whether the node is up (usable, and not marked down after a failed
+        connect); cheap, for choosing among nodes on every request.
+        """
+        return (self._health.error is None
+                and self.settings.unsupported is None
+                and (self._credentials is not None or self.settings.anonymous))
+
     def status(self):
         """
         The node's state, in the shape of L{SessionPool.status}: C{idle}

@@ -115,17 +115,13 @@ class ClusterNode:
 
 def _isDown(repository):
     """
-    Whether a node's connector says it is down (see
-    L{annexd.nodes.pool.SessionPool.status}); below a metrics wrapper too.
+    Whether a node's connector says it is down (its C{up}, see
+    L{annexd.nodes.pool.SessionPool.up}; a connector without one is never
+    down); below a metrics wrapper too.  Asked on every request: an
+    attribute, not a status report.
     """
     repository = getattr(repository, "repository", repository)
-    status = getattr(repository, "status", None)
-    if status is None:
-        return False
-    try:
-        return not status()["up"]
-    except Exception:
-        return False
+    return getattr(repository, "up", True) is False
 
 
 def _byScore(nodes, size=0):
