@@ -274,6 +274,9 @@ class Router:
             remote.name, remote.url or remote.annexUrl))
 
     #: Special remote types annexd reaches itself: type -> (module, class).
+    #: Imported when first needed, as the HTTP and P2P-address connectors
+    #: are: an annexd-shell session starts without loading treq, botocore
+    #: or txtorcon unless its target needs them.
     SPECIAL_TYPES = {
         "directory": ("annexd.nodes.directory", "DirectoryNode"),
         "external": ("annexd.nodes.external", "ExternalNode"),
