@@ -486,7 +486,7 @@ class TestDirTests(TestDirMixin, unittest.TestCase):
         free = shutil.disk_usage(self.spool).free
         data = content(10000, "reserve")
         key = keyOf(data)
-        node = self.makeNode(self.logging(), diskReserve=free)
+        node = self.makeNode(self.logging(), diskReserve=free + 10 ** 9)
         e = await self.assertFailure(node.put(key, None), RepositoryError)
         self.assertIn("annex.diskreserve", str(e))
         self.assertIn("10000", str(e))
@@ -1103,7 +1103,7 @@ class RcloneTests(ExternalNodeMixin, unittest.TestCase):
         """
         os.makedirs(self.spool, exist_ok=True)
         free = shutil.disk_usage(self.spool).free
-        node = self.makeNode(diskReserve=free)
+        node = self.makeNode(diskReserve=free + 10 ** 9)
         e = await self.assertFailure(node.put(keyOf(b"abc"), None),
                                      RepositoryError)
         self.assertIn("annex.diskreserve", str(e))
