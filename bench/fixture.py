@@ -66,7 +66,7 @@ import time
 from dataclasses import dataclass
 
 from bench.common import ROOT, MiB, makeFile, startServer, stopServers
-from tests.support.annex import Repo, build_cluster
+from tests.support.annex import FAKESSH_HOST_PRELUDE, Repo, build_cluster
 from tests.support.daemon import annexdArgv, freePort
 
 SMALL = 4096
@@ -165,17 +165,7 @@ BASELINE = {"ssh": "gw", "http": "ref16"}
 # bin/benchssh: the fake ssh's option parsing, to find the host.
 _BENCHSSH = r"""#!/bin/sh
 # benchssh: choose the forced command by the ssh host, then run the fake ssh.
-skip=0
-host=
-for a in "$@"; do
-	if [ "$skip" -gt 0 ]; then skip=$((skip - 1)); continue; fi
-	case "$a" in
-		-[BbcDEeFIiJLlmOoPpQRSWw]) skip=1 ;;
-		-*) ;;
-		*) host=$a; break ;;
-	esac
-done
-case "$host" in
+@HOSTPRELUDE@case "$host" in
 @CASES@
 	@NODE4HOST@)
 		# A host that runs git-annex-shell only, as sshd with a forced
@@ -318,7 +308,8 @@ class Fixture:
                 cases.append("\t%s) FAKESSH_FORCED_COMMAND=%s;"
                              " export FAKESSH_FORCED_COMMAND ;;"
                              % (config.name, shlex.quote(command)))
-        script = (_BENCHSSH.replace("@CASES@", "\n".join(cases))
+        script = (_BENCHSSH.replace("@HOSTPRELUDE@", FAKESSH_HOST_PRELUDE)
+                  .replace("@CASES@", "\n".join(cases))
                   .replace("@NODE4HOST@", NODE4HOST)
                   .replace("@NODE4LOG@", shlex.quote(self.node4log))
                   .replace("@FAKESSH@", shlex.quote(self.env.fakessh)))

@@ -49,6 +49,7 @@ from annexd.protocol.client import P2PClient
 from annexd.protocol.keys import Key
 from tests.support import p2ptap
 from tests.support.annex import (
+    FAKESSH_HOST_PRELUDE,
     Repo, _make_writable, _rmtree, copy_cluster, template_cluster)
 from tests.test_gateway_faults import (
     CLIENT_UUID, processesMentioning, pollUntil)
@@ -68,17 +69,7 @@ HOST_A, HOST_B, HOST_C, HOST_NODE = (
 # fake ssh with the host's forced command.
 _DISPATCH = r"""#!/bin/sh
 # mg3ssh: choose the forced command by the ssh host, then run the fake ssh.
-skip=0
-host=
-for a in "$@"; do
-	if [ "$skip" -gt 0 ]; then skip=$((skip - 1)); continue; fi
-	case "$a" in
-		-[BbcDEeFIiJLlmOoPpQRSWw]) skip=1 ;;
-		-*) ;;
-		*) host=$a; break ;;
-	esac
-done
-# A fuse against gateway loops: the fake ssh runs everything locally, so the
+@HOSTPRELUDE@# A fuse against gateway loops: the fake ssh runs everything locally, so the
 # environment is inherited hop after hop; a request that crosses more ssh
 # hops than any legitimate path (client, 3 gateways, node) is cut, as an
 # unreachable host, and recorded.
@@ -118,7 +109,8 @@ def _writeDispatcher(env):
     annexd = "PYTHONPATH=%s %s --program %s -c %s" % (
         shlex.quote(ROOT), tap, shlex.quote(annexdShell), original)
     gitannex = "%s -c %s" % (tap, original)
-    script = (_DISPATCH.replace("@ANNEXD@", shlex.quote(annexd))
+    script = (_DISPATCH.replace("@HOSTPRELUDE@", FAKESSH_HOST_PRELUDE)
+              .replace("@ANNEXD@", shlex.quote(annexd))
               .replace("@GITANNEX@", shlex.quote(gitannex))
               .replace("@FAKESSH@", shlex.quote(env.fakessh))
               .replace("@MAXHOPS@", str(MAXHOPS))

@@ -56,6 +56,23 @@ _DROPPED_ENV = (
 )
 
 # The fake ssh of tools/mkcluster.sh, without the baked-in forced command.
+#: The start of a wrapper around the fake ssh that acts by the ssh host
+#: (tests and benchmarks that give each host its own forced command): it
+#: skips ssh's options the way the fake ssh does and leaves the first
+#: other argument, the host, in C{$host}.
+FAKESSH_HOST_PRELUDE = r"""skip=0
+host=
+for a in "$@"; do
+	if [ "$skip" -gt 0 ]; then skip=$((skip - 1)); continue; fi
+	case "$a" in
+		-[BbcDEeFIiJLlmOoPpQRSWw]) skip=1 ;;
+		-*) ;;
+		*) host=$a; break ;;
+	esac
+done
+"""
+
+
 _FAKESSH = r"""#!/bin/sh
 # fake ssh for tests: ignores the host, runs the remote command locally
 # through sh -c, with SSH_ORIGINAL_COMMAND exported (like sshd).
